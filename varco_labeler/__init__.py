@@ -1,0 +1,1 @@
+"""varco-labeler: pre-label images in Label Studio with VARCO-VISION."""

@@ -1,0 +1,129 @@
+"""Mapping the model's free phrases ("two remote controls") onto a project's labels ("Remote").
+
+Order of preference: a label's ``predicted_values`` aliases (the convention of Label Studio's own
+example backends), then an exact match after normalising (case, leading numbers and articles,
+simple plurals), then the phrase's head noun, then a label contained in the phrase.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from varco_labeler.regions import Region
+from varco_labeler.varco import Task
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_LEADING_WORDS = frozenset(
+    "a an the this that these those some several many few multiple various both each "
+    "one two three four five six seven eight nine ten eleven twelve pair couple group of".split()
+)
+_NOT_PLURAL_ENDINGS = ("ss", "us", "is")
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or not word.isascii():
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(_NOT_PLURAL_ENDINGS):
+        return word[:-1]
+    return word
+
+
+def normalise(text: str) -> tuple[str, ...]:
+    """Words of a phrase, compared loosely: "Two Remote-Controls" -> ("remote", "control")."""
+    words = _WORD.findall(unicodedata.normalize("NFC", text).casefold())
+    start = 0
+    while start < len(words) and (words[start] in _LEADING_WORDS or words[start].isdigit()):
+        start += 1
+    return tuple(_singular(word) for word in words[start:])
+
+
+def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
+    n = len(needle)
+    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+@dataclass(frozen=True)
+class _Name:
+    words: tuple[str, ...]
+    label: str
+
+
+class LabelMapper:
+    """Picks the label for a phrase; ``fallback`` takes phrases that match nothing."""
+
+    def __init__(
+        self,
+        labels: Iterable[str],
+        aliases: Mapping[str, str] | None = None,
+        fallback: str | None = None,
+        ocr_label: str | None = None,
+    ) -> None:
+        self.labels = tuple(labels)
+        for name, label in (("fallback", fallback), ("OCR", ocr_label)):
+            if label is not None and label not in self.labels:
+                raise ValueError(f"{name} label {label!r} is not in the label config {self.labels}")
+        self.fallback = fallback
+        self.ocr_label = ocr_label or self._default_ocr_label()
+        self._aliases = {
+            unicodedata.normalize("NFC", alias).casefold(): label
+            for alias, label in (aliases or {}).items()
+        }
+        names = [_Name(normalise(label), label) for label in self.labels]
+        names += [_Name(normalise(alias), label) for alias, label in (aliases or {}).items()]
+        self._names = [name for name in names if name.words]
+
+    def _default_ocr_label(self) -> str | None:
+        """A label that says "text" if the project has one, else its first label."""
+        for label in self.labels:
+            if normalise(label) == ("text",):
+                return label
+        return self.labels[0] if self.labels else None
+
+    def label_for(self, phrase: str) -> str | None:
+        alias = self._aliases.get(unicodedata.normalize("NFC", phrase).strip().casefold())
+        if alias:
+            return alias
+        words = normalise(phrase)
+        if words:
+            tests = (
+                lambda n: n.words == words,
+                lambda n: n.words == words[-len(n.words) :],  # head noun: "pink blanket"
+                lambda n: _contains(words, n.words),  # "remote control" holds "remote"
+            )
+            for test in tests:
+                matches = [name for name in self._names if test(name)]
+                if matches:
+                    return max(matches, key=lambda n: len(n.words)).label
+        return self.fallback
+
+    def assign(self, regions: Iterable[Region], task: Task | str) -> tuple[list[Region], list[str]]:
+        """Label regions for a project; returns the labelled regions and why others were dropped.
+
+        A project without labels keeps every region unlabelled.
+        """
+        task = Task(task)
+        kept: list[Region] = []
+        dropped: list[str] = []
+        for region in regions:
+            if not self.labels:
+                kept.append(region)
+                continue
+            if region.label in self.labels:
+                kept.append(region)
+                continue
+            if task is Task.OCR:
+                label = self.ocr_label
+            else:
+                label = self.label_for(region.phrase or region.text or "")
+            if label is None:
+                dropped.append(f"phrase {region.phrase!r} matches no label of {self.labels}")
+            else:
+                kept.append(region.with_(label=label))
+        return kept, dropped

@@ -1,0 +1,94 @@
+"""Regions: the one type between the model's text and Label Studio's JSON.
+
+VARCO text -> :func:`regions_from_varco` -> regions -> ``labelstudio.results`` -> result JSON,
+and back: result JSON -> regions -> :func:`regions_to_varco` -> the answer the model should give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from varco_labeler.varco import Box, OcrItem, Parsed, Phrase, Task, Text, format_items
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One box on the image and what is known about it.
+
+    ``phrase`` is the model's grounding phrase ("two cats"), ``label`` the Label Studio label it
+    maps to ("Cat"), ``text`` the region's transcription or answer, ``score`` a confidence in 0..1.
+    """
+
+    box: Box
+    label: str | None = None
+    phrase: str | None = None
+    text: str | None = None
+    score: float | None = None
+    id: str | None = None
+
+    def with_(self, **changes: object) -> Region:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def regions_from_varco(
+    parsed: Parsed, scores: Sequence[float | None] | None = None
+) -> list[Region]:
+    """One region per box: a phrase with two boxes gives two regions sharing the phrase.
+
+    ``scores``, when given, holds one confidence per grounded item of ``parsed`` (in order).
+    """
+    regions: list[Region] = []
+    for index, item in enumerate(parsed.grounded):
+        score = scores[index] if scores is not None else None
+        for box in item.boxes:
+            if isinstance(item, Phrase):
+                regions.append(Region(box=box, phrase=item.text, score=score))
+            else:
+                regions.append(Region(box=box, text=item.text, score=score))
+    return regions
+
+
+def regions_to_varco(regions: Iterable[Region], task: Task | str) -> str:
+    """The answer the model should have given for these regions, in its exact output form.
+
+    OCR: one ``<char>`` item per region with text, one per line. Grounding: one ``<obj>`` item per
+    label (or phrase), its boxes joined by ``<delim>``, items separated by ", ".
+    """
+    task = Task(task)
+    if task is Task.OCR:
+        lines = [OcrItem(r.text, (r.box,)) for r in regions if r.text]
+        return "\n".join(item.to_text() for item in lines)
+    boxes_by_name: dict[str, list[Box]] = {}
+    for region in regions:
+        name = region.label or region.phrase
+        if name:
+            boxes_by_name.setdefault(name, []).append(region.box)
+    items: list[Phrase | Text] = []
+    for name, boxes in boxes_by_name.items():
+        if items:
+            items.append(Text(", "))
+        items.append(Phrase(name, tuple(boxes)))
+    return format_items(items)
+
+
+def with_stable_ids(regions: Sequence[Region], seed: str = "") -> list[Region]:
+    """Give regions without an id one derived from their content, so re-runs give the same ids.
+
+    ``seed`` (for example the image reference) keeps ids of equal regions on different images apart.
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for region in regions:
+        if region.id:
+            out.append(region)
+            continue
+        key = "|".join(
+            [seed, region.label or "", region.phrase or "", region.text or "", region.box.to_text()]
+        )
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        digest = hashlib.sha1(f"{key}|{occurrence}".encode()).hexdigest()[:10]
+        out.append(region.with_(id=digest))
+    return out

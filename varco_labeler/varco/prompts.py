@@ -1,0 +1,68 @@
+"""Task prompts in the form VARCO-VISION was trained on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from varco_labeler.varco.boxes import Box
+
+
+class Task(StrEnum):
+    GROUNDING = "grounding"
+    OCR = "ocr"
+    REFERRING = "referring"
+    QUESTION = "question"
+
+
+GROUNDING_PROMPT = "<gro>\nDescribe the image in detail."
+OCR_PROMPT = "<ocr>"
+# Where a referring question names its region; without it the region leads the question.
+REGION_PLACEHOLDER = "{region}"
+DEFAULT_REFERRING_QUESTION = "Describe {region} in detail."
+
+
+def grounding_prompt() -> str:
+    return GROUNDING_PROMPT
+
+
+def ocr_prompt() -> str:
+    return OCR_PROMPT
+
+
+def region_reference(box: Box, phrase: str = "this object") -> str:
+    """``<obj>phrase</obj><bbox>x1, y1, x2, y2</bbox>``: how a question points at a region."""
+    return f"<obj>{phrase}</obj><bbox>{box.to_text()}</bbox>"
+
+
+def referring_prompt(
+    box: Box, question: str = DEFAULT_REFERRING_QUESTION, phrase: str = "this object"
+) -> str:
+    """A question about one region, e.g. ``<obj>이 물건</obj><bbox>...</bbox>은 어떻게 쓰는거야?``.
+
+    ``{region}`` in the question marks where the region goes; without it the region comes first.
+    """
+    reference = region_reference(box, phrase)
+    if REGION_PLACEHOLDER in question:
+        return question.replace(REGION_PLACEHOLDER, reference)
+    return reference + question
+
+
+def question_prompt(question: str) -> str:
+    """A free question about the whole image, asked as it is."""
+    if not question.strip():
+        raise ValueError("a question prompt needs some text")
+    return question
+
+
+def prompt_for(task: Task | str, question: str | None = None, box: Box | None = None) -> str:
+    """The prompt for a task; referring needs a box, a free question needs its text."""
+    task = Task(task)
+    if task is Task.GROUNDING:
+        return grounding_prompt()
+    if task is Task.OCR:
+        return ocr_prompt()
+    if task is Task.REFERRING:
+        if box is None:
+            raise ValueError("a referring prompt needs a region")
+        return referring_prompt(box, question or DEFAULT_REFERRING_QUESTION)
+    return question_prompt(question or "")
