@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CATS_CONFIG, varco_fixture
+from helpers import CATS_CONFIG, varco_fixture
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 

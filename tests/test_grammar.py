@@ -1,7 +1,7 @@
 import unicodedata
 
 import pytest
-from conftest import varco_fixture
+from helpers import varco_fixture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

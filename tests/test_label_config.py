@@ -1,5 +1,5 @@
 import pytest
-from conftest import CATS_CONFIG, labelstudio_fixture
+from helpers import CATS_CONFIG, labelstudio_fixture
 
 from varco_labeler.labelstudio import LabelConfigError, read_label_config
 from varco_labeler.varco import Task

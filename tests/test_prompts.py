@@ -1,5 +1,5 @@
 import pytest
-from conftest import labelstudio_fixture, varco_fixture
+from helpers import labelstudio_fixture, varco_fixture
 
 from varco_labeler.labelstudio.results import referring_prompt_for
 from varco_labeler.varco import Box, Task, prompt_for, referring_prompt

@@ -1,7 +1,7 @@
 import unicodedata
 
 import pytest
-from conftest import CATS_CONFIG, labelstudio_fixture, varco_fixture
+from helpers import CATS_CONFIG, labelstudio_fixture, varco_fixture
 from label_studio_sdk.label_interface import LabelInterface
 
 from varco_labeler.labelstudio import (

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
+from varco_labeler.engine.profiles import DEFAULT_MODEL
 from varco_labeler.labelstudio import LabelConfigError, LabelMapper, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
 
@@ -45,6 +48,85 @@ def _convert(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1 if bad else 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from varco_labeler.engine.predict import run_predict
+
+    missing = [image for image in args.images if not Path(image).is_file()]
+    if missing:
+        print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.task == "question" and not args.prompt:
+        print("error: --task question needs --prompt", file=sys.stderr)
+        return 2
+    engine = None
+    if args.openai_url:
+        from varco_labeler.engine.openai_engine import OpenAIEngine
+
+        engine = OpenAIEngine(args.openai_url, args.model, max_concurrency=args.batch_size)
+    options = {} if engine else {"device": args.device, "dtype": args.dtype}
+    records = run_predict(
+        args.model,
+        args.task,
+        args.images,
+        prompt=args.prompt,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        engine=engine,
+        **options,
+    )
+    for record in records:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from varco_labeler.engine.tiny import build_tiny_model
+
+    path = build_tiny_model(Path(args.dir), text_model=args.text_model)
+    print(f"tiny model written to {path}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from varco_labeler.backend import Backend
+    from varco_labeler.events import EventLog
+    from varco_labeler.queue import InlineDispatcher, RQDispatcher
+    from varco_labeler.server import create_app
+    from varco_labeler.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(
+            model=args.model,
+            redis_url=args.redis_url,
+            port=args.port,
+            host=args.host,
+            log_level=args.log_level,
+            batch_size=args.batch_size,
+        )
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.embedded:
+        from varco_labeler import jobs
+
+        logging.getLogger("varco-labeler").info(
+            "embedded mode (no REDIS_URL): loading %s in this process", settings.model
+        )
+        jobs.install(jobs.build_context(settings))
+        dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size)
+    else:
+        dispatcher = RQDispatcher(settings)
+    backend = Backend(settings, dispatcher)
+    app = create_app(backend, EventLog(settings.model_dir / "events.jsonl"))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +174,75 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="list every dropped item, not just a count per line",
     )
     convert.set_defaults(handler=_convert)
+
+    predict = commands.add_parser(
+        "predict",
+        help="run the model on local images and print one JSON line per image",
+        description="Run VARCO-VISION on local images: one JSON line per image with the raw "
+        "output, regions (normalised x1, y1, x2, y2 boxes with phrase or text and a confidence) "
+        "and timing. The quickest way to try a checkpoint.",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--model",
+        default=os.environ.get("VARCO_MODEL", DEFAULT_MODEL),
+        help="checkpoint id or local path (default: env VARCO_MODEL or %(default)s)",
+    )
+    predict.add_argument(
+        "--task",
+        choices=["grounding", "ocr", "question", "referring"],
+        default="grounding",
+        help="default: %(default)s",
+    )
+    predict.add_argument(
+        "--prompt",
+        help="the question (question task) or a full prompt that replaces the task's standard one",
+    )
+    predict.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    predict.add_argument("--max-new-tokens", type=int, help="default: the checkpoint profile's")
+    predict.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
+    predict.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    predict.add_argument(
+        "--openai-url",
+        metavar="URL",
+        help="use an OpenAI-compatible server such as vLLM "
+        "(e.g. http://localhost:8000/v1) instead of loading the model here",
+    )
+    predict.set_defaults(handler=_predict)
+
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="build the tiny offline VARCO-shaped model used by tests and benchmarks",
+        description="Build a ~140k-parameter LlavaOnevision model with a byte-level tokenizer, "
+        "the VARCO special tokens and the real chat template, entirely offline, and teach it a "
+        "few answers (solid red and blue images) so that its outputs parse. Seconds on a CPU.",
+    )
+    tiny.add_argument("dir", help="output directory")
+    tiny.add_argument(
+        "--text-model",
+        choices=["qwen2", "qwen3"],
+        default="qwen2",
+        help="qwen2 like VARCO-VISION-14B-HF, qwen3 like 2.0 (default: %(default)s)",
+    )
+    tiny.set_defaults(handler=_tiny_model)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the Label Studio ML backend (embedded model, or a queue to GPU workers)",
+        description="Run the ML backend Label Studio connects to (Settings > Model > Connect "
+        "model, URL http://HOST:9090). Without REDIS_URL the model runs in this process (one "
+        "workstation). With REDIS_URL this process only forwards work to varco-worker processes "
+        "on the queue and needs no GPU. Other settings come from the environment: "
+        "LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, BASIC_AUTH_USER, BASIC_AUTH_PASS, MODEL_DIR, "
+        "VARCO_ALLOWED_IMAGE_HOSTS, VARCO_LOCAL_IMAGE_ROOTS (see the README).",
+    )
+    serve.add_argument("--model", help="checkpoint id or local path (env VARCO_MODEL)")
+    serve.add_argument("--redis-url", help="queue mode: the workers' Redis (env REDIS_URL)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (env PORT, default 9090)")
+    serve.add_argument("--batch-size", type=int, help="tasks per GPU batch (env VARCO_BATCH_SIZE)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""The work a queue job does, referenced by dotted path (``varco_labeler.jobs.predict_batch``).
+
+The backend enqueues by that name and never imports this module's heavy side: the engine is built
+by the process that runs jobs (a worker, or the backend itself in embedded mode) and installed
+here once with :func:`install`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from varco_labeler.engine.base import Engine, Request
+from varco_labeler.labelstudio.images import ImageError, ImageFetcher
+from varco_labeler.settings import Settings
+from varco_labeler.varco import Task
+
+log = logging.getLogger(__name__)
+
+PREDICT_BATCH = "varco_labeler.jobs.predict_batch"
+
+
+class OutputCache:
+    """Raw model outputs by image content, prompt and model version.
+
+    In Redis when there is one (shared by all workers), else in memory (the embedded mode).
+    """
+
+    def __init__(self, redis: Redis | None = None, ttl: int = 7 * 24 * 3600, size: int = 10_000):
+        self.redis, self.ttl, self.size = redis, ttl, size
+        self._memory: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(image_bytes: bytes, prompt: str, model_version: str) -> str:
+        digest = hashlib.sha256(image_bytes)
+        digest.update(b"\0" + prompt.encode() + b"\0" + model_version.encode())
+        return f"varco:output:{digest.hexdigest()}"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self.redis is not None:
+            value = self.redis.get(key)
+        else:
+            with self._lock:
+                value = self._memory.get(key)
+                if value is not None:
+                    self._memory.move_to_end(key)
+        return json.loads(value) if value else None
+
+    def put(self, key: str, output: dict[str, Any]) -> None:
+        value = json.dumps(output, ensure_ascii=False)
+        if self.redis is not None:
+            self.redis.set(key, value, ex=self.ttl)
+            return
+        with self._lock:
+            self._memory[key] = value
+            while len(self._memory) > self.size:
+                self._memory.popitem(last=False)
+
+
+@dataclass
+class JobContext:
+    engine: Engine
+    fetcher: ImageFetcher
+    cache: OutputCache
+
+
+_context: JobContext | None = None
+
+
+def install(context: JobContext) -> None:
+    global _context
+    _context = context
+
+
+def build_context(settings: Settings, redis: Redis | None = None) -> JobContext:
+    """Load the engine (once per process) with what a job needs around it."""
+    engine: Engine
+    if settings.openai_url:
+        from varco_labeler.engine.openai_engine import OpenAIEngine
+
+        engine = OpenAIEngine(
+            settings.openai_url,
+            settings.model,
+            max_concurrency=settings.batch_size,
+            model_version=settings.version,
+        )
+    else:
+        from varco_labeler.engine.transformers_engine import TransformersEngine  # torch: only here
+
+        engine = TransformersEngine(
+            settings.model, max_batch_size=settings.batch_size, model_version=settings.version
+        )
+    fetcher = ImageFetcher(
+        label_studio_url=settings.label_studio_url,
+        api_key=settings.label_studio_api_key,
+        allowed_hosts=settings.allowed_image_hosts,
+        local_roots=settings.local_image_roots,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        timeout=settings.image_timeout,
+    )
+    return JobContext(engine, fetcher, OutputCache(redis, ttl=settings.cache_ttl))
+
+
+def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the model on a batch of ``{"key", "image", "task", "prompt"}`` items.
+
+    Returns one ``{"key", "width", "height", "raw", "scores", "model_version", "cached"}`` per
+    item, in order, or ``{"key", "error"}`` for an item whose image could not be used. Outputs
+    already computed for the same image bytes, prompt and model version come from the cache.
+    """
+    if _context is None:
+        raise RuntimeError("no engine installed in this process: start it with varco-worker")
+    engine, fetcher, cache = _context.engine, _context.fetcher, _context.cache
+    outputs: list[dict[str, Any] | None] = [None] * len(items)
+    pending: list[tuple[int, Request, str, dict[str, Any]]] = []
+    for index, item in enumerate(items):
+        head = {"key": item["key"]}
+        try:
+            image, data = fetcher.fetch(item["image"])
+        except ImageError as error:
+            log.warning("task %s: %s", item["key"], error)
+            outputs[index] = {**head, "error": str(error)}
+            continue
+        head.update(width=image.width, height=image.height, model_version=engine.model_version)
+        cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
+        cached = cache.get(cache_key)
+        if cached is not None:
+            outputs[index] = {**head, **cached, "cached": True}
+            continue
+        request = Request(image=image, prompt=item["prompt"], task=Task(item["task"]))
+        pending.append((index, request, cache_key, head))
+    if pending:
+        results = engine.generate([request for _, request, _, _ in pending])
+        for (index, _, cache_key, head), result in zip(pending, results, strict=True):
+            output = {
+                "raw": result.raw,
+                "scores": result.region_scores,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "seconds": result.seconds,
+            }
+            cache.put(cache_key, output)
+            outputs[index] = {**head, **output, "cached": False}
+    return [output for output in outputs if output is not None]

@@ -1,0 +1,181 @@
+"""Getting work done: on RQ workers through Redis, or in this process (the embedded mode).
+
+Both dispatchers take the same items, split them into batches (one GPU batch per job), and return
+within a deadline with whatever finished: an item that did not finish comes back as ``None`` and
+its job keeps running, so its output is cached for the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from typing import Any, Protocol
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry, Worker
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from varco_labeler.jobs import PREDICT_BATCH
+from varco_labeler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+Output = dict[str, Any]
+# How often a waiting backend requeues jobs of workers that died (their heartbeat expired).
+RESCUE_INTERVAL = 2.0
+_POLL_INTERVAL = 0.005
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis cannot be reached; the message says where and why."""
+
+
+class Dispatcher(Protocol):
+    def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
+        """Outputs in item order; ``None`` for items not finished within ``deadline`` seconds."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def connect(redis_url: str) -> Redis:
+    # Short timeouts: a dead Redis must turn into a clear error, not a hung request.
+    return Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10)
+
+
+class RQDispatcher:
+    """Enqueues batches on an RQ queue (JSON serializer: a job in Redis can never run code)."""
+
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        assert settings.redis_url, "RQDispatcher needs REDIS_URL"
+        self.settings = settings
+        self.redis = redis or connect(settings.redis_url)
+        self.queue = Queue(settings.queue_name, connection=self.redis, serializer=JSONSerializer)
+        self._last_rescue = 0.0
+
+    def enqueue(self, items: Sequence[Item]) -> list[Job]:
+        s = self.settings
+        specs = [
+            Queue.prepare_data(
+                PREDICT_BATCH,
+                args=(batch,),
+                timeout=s.job_timeout,
+                result_ttl=s.result_ttl,
+                failure_ttl=s.result_ttl,
+                retry=Retry(max=s.job_retries) if s.job_retries else None,
+            )
+            for batch in batches(items, s.batch_size)
+        ]
+        try:
+            return self.queue.enqueue_many(specs)
+        except RedisError as error:
+            raise QueueUnavailable(self._unreachable(error)) from error
+
+    def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
+        give_up_at = time.monotonic() + deadline
+        jobs = self.enqueue(items)
+        outputs: dict[str, Output] = {}
+        waiting = {job.id: job for job in jobs}
+        try:
+            while waiting and time.monotonic() < give_up_at:
+                self._rescue_abandoned()
+                for job in Job.fetch_many(list(waiting), self.redis, serializer=JSONSerializer):
+                    if job is None:
+                        continue
+                    status = job.get_status(refresh=False)
+                    if status == JobStatus.FINISHED:
+                        for output in job.return_value(refresh=False) or []:
+                            outputs[output["key"]] = output
+                        del waiting[job.id]
+                    elif status == JobStatus.FAILED:
+                        log.error("job %s failed: %s", job.id, _last_line(job))
+                        del waiting[job.id]
+                if waiting:
+                    time.sleep(_POLL_INTERVAL)
+        except RedisError as error:
+            raise QueueUnavailable(self._unreachable(error)) from error
+        if waiting:
+            log.warning("%d job(s) unfinished at the %.0f s deadline", len(waiting), deadline)
+        return [outputs.get(item["key"]) for item in items]
+
+    def _rescue_abandoned(self) -> None:
+        """Requeue jobs whose worker stopped heartbeating (killed, machine lost)."""
+        if time.monotonic() - self._last_rescue < RESCUE_INTERVAL:
+            return
+        self._last_rescue = time.monotonic()
+        StartedJobRegistry(queue=self.queue).cleanup()
+
+    def status(self) -> dict[str, Any]:
+        try:
+            self.redis.ping()
+            return {
+                "redis": "ok",
+                "workers": Worker.count(queue=self.queue),
+                "queued_jobs": self.queue.count,
+                "running_jobs": StartedJobRegistry(queue=self.queue).count,
+                "failed_jobs": self.queue.failed_job_registry.count,
+            }
+        except RedisError as error:
+            return {"redis": self._unreachable(error)}
+
+    def _unreachable(self, error: Exception) -> str:
+        where = self.redis.connection_pool.connection_kwargs
+        return (
+            f"Redis at {where.get('host', '?')}:{where.get('port', '?')} is unreachable "
+            f"({type(error).__name__}: {error})"
+        )
+
+
+class InlineDispatcher:
+    """Runs batches in this process, one at a time (one GPU), on a background thread."""
+
+    def __init__(self, run_batch: Callable[[list[Item]], list[Output]], batch_size: int) -> None:
+        self.run_batch = run_batch
+        self.batch_size = batch_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def _submit(self, batch: list[Item]) -> Future[list[Output]]:
+        with self._lock:
+            self._pending += 1
+        future = self._executor.submit(self.run_batch, batch)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[list[Output]]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
+        futures = [self._submit(batch) for batch in batches(items, self.batch_size)]
+        wait_futures(futures, timeout=deadline)
+        outputs: dict[str, Output] = {}
+        for future in futures:
+            if not future.done():
+                continue
+            if future.exception() is not None:
+                log.error("batch failed: %r", future.exception())
+                continue
+            outputs.update((output["key"], output) for output in future.result())
+        return [outputs.get(item["key"]) for item in items]
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": "embedded", "queued_batches": self._pending}
+
+
+def _last_line(job: Job) -> str:
+    text = (job.latest_result().exc_string if job.latest_result() else None) or ""
+    return text.strip().splitlines()[-1] if text.strip() else "unknown error"

@@ -1,0 +1,156 @@
+"""Configuration from flags and the environment, checked at start.
+
+Names follow the Label Studio ML backend ecosystem (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
+BASIC_AUTH_USER, BASIC_AUTH_PASS, MODEL_DIR, LOG_LEVEL) plus our own VARCO_* and REDIS_URL.
+A wrong value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+from varco_labeler.engine.profiles import DEFAULT_MODEL
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A configuration value is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    # What predictions are stamped with; backend and workers must agree (default: model's name).
+    model_version: str | None = None
+    # An OpenAI-compatible server (vLLM) that serves the model; unset: load it with transformers.
+    openai_url: str | None = None
+    # Unset: the embedded mode, the engine runs in the backend process.
+    redis_url: str | None = None
+    queue_name: str = "varco"
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = field(default=None, repr=False)
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
+    model_dir: Path = Path("./varco-data")
+    log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    port: int = 9090
+    # Tasks per queue job: one GPU batch.
+    batch_size: int = 8
+    # /predict answers within this many seconds with what finished (Label Studio waits 100 s).
+    predict_deadline: float = 80.0
+    # A job running longer is killed; set it above the slowest batch.
+    job_timeout: int = 600
+    job_retries: int = 2
+    result_ttl: int = 3600
+    # Raw outputs are cached by image content, prompt and model version for this long.
+    cache_ttl: int = 7 * 24 * 3600
+    # Hosts that task image URLs may point at, besides Label Studio itself ("*" allows any).
+    allowed_image_hosts: tuple[str, ...] = ()
+    # Local directories that task image paths may point into.
+    local_image_roots: tuple[Path, ...] = ()
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    image_timeout: float = 15.0
+    # The task when the label config does not decide it: "grounding" or "ocr".
+    default_task: str | None = None
+
+    @property
+    def version(self) -> str:
+        return self.model_version or Path(self.model.rstrip("/")).name
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment; ``overrides`` (flags) win over it. None means unset."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name, variable in _ENV_NAMES.items():
+            raw = env.get(variable)
+            if raw is not None and raw != "":
+                values[name] = _convert(name, variable, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.redis_url and urlparse(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL={self.redis_url!r} must start with redis://")
+        ls_scheme = urlparse(self.label_studio_url or "http://").scheme
+        if ls_scheme not in ("http", "https"):
+            raise SettingsError(
+                f"LABEL_STUDIO_URL={self.label_studio_url!r} must be an http(s) URL"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL={self.log_level!r} must be one of {LOG_LEVELS}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port {self.port} is not a TCP port")
+        for name in ("batch_size", "job_timeout", "result_ttl", "max_image_bytes"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_ENV_NAMES[name]} must be positive")
+        if self.predict_deadline <= 0:
+            raise SettingsError("VARCO_PREDICT_DEADLINE must be positive")
+        if self.default_task not in (None, "grounding", "ocr"):
+            raise SettingsError(f"VARCO_TASK={self.default_task!r} must be grounding or ocr")
+
+
+_ENV_NAMES = {
+    "model": "VARCO_MODEL",
+    "model_version": "VARCO_MODEL_VERSION",
+    "openai_url": "VARCO_OPENAI_URL",
+    "redis_url": "REDIS_URL",
+    "queue_name": "VARCO_QUEUE",
+    "label_studio_url": "LABEL_STUDIO_URL",
+    "label_studio_api_key": "LABEL_STUDIO_API_KEY",
+    "basic_auth_user": "BASIC_AUTH_USER",
+    "basic_auth_pass": "BASIC_AUTH_PASS",
+    "model_dir": "MODEL_DIR",
+    "log_level": "LOG_LEVEL",
+    "port": "PORT",
+    "batch_size": "VARCO_BATCH_SIZE",
+    "predict_deadline": "VARCO_PREDICT_DEADLINE",
+    "job_timeout": "VARCO_JOB_TIMEOUT",
+    "job_retries": "VARCO_JOB_RETRIES",
+    "result_ttl": "VARCO_RESULT_TTL",
+    "cache_ttl": "VARCO_CACHE_TTL",
+    "allowed_image_hosts": "VARCO_ALLOWED_IMAGE_HOSTS",
+    "local_image_roots": "VARCO_LOCAL_IMAGE_ROOTS",
+    "max_image_bytes": "VARCO_MAX_IMAGE_BYTES",
+    "max_image_pixels": "VARCO_MAX_IMAGE_PIXELS",
+    "image_timeout": "VARCO_IMAGE_TIMEOUT",
+    "default_task": "VARCO_TASK",
+}
+assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
+
+
+def _convert(name: str, variable: str, raw: str) -> object:
+    default = Settings.__dataclass_fields__[name].default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{variable}={raw!r} is not a number") from None
+    if name == "model_dir":
+        return Path(raw)
+    if name == "allowed_image_hosts":
+        return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    if name == "local_image_roots":
+        return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p.strip())
+    if name == "log_level":
+        return raw.upper()
+    return raw

@@ -1,0 +1,1 @@
+"""The GPU worker process: loads the engine once, then runs pre-labelling jobs from Redis."""

@@ -1,0 +1,89 @@
+"""``varco-worker``: one process per GPU; any number of machines pointing at the same Redis."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rq.serializers import JSONSerializer
+
+from varco_labeler import jobs
+from varco_labeler.queue import connect
+from varco_labeler.settings import Settings, SettingsError
+from worker.heartbeat import HeartbeatWorker
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="varco-worker",
+        description="Run VARCO-VISION pre-labelling jobs from the Redis queue. Loads the model "
+        "once at start. Pin it to a GPU with CUDA_VISIBLE_DEVICES=N; start one per GPU, on as many "
+        "machines as you like, all with the same REDIS_URL. Other settings (LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY, VARCO_ALLOWED_IMAGE_HOSTS, ...) come from the environment.",
+    )
+    parser.add_argument("--model", help="checkpoint id or local path (env VARCO_MODEL)")
+    parser.add_argument("--redis-url", help="the queue's Redis (env REDIS_URL; required)")
+    parser.add_argument("--queue", dest="queue_name", help="queue name (env VARCO_QUEUE)")
+    parser.add_argument(
+        "--batch-size", type=int, help="images per GPU batch (env VARCO_BATCH_SIZE)"
+    )
+    parser.add_argument("--name", help="worker name shown in /health (default: host and pid)")
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=5,
+        metavar="S",
+        help="seconds between heartbeats; a worker silent for 3 of them is presumed dead and its "
+        "job requeued (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(
+            model=args.model,
+            redis_url=args.redis_url,
+            queue_name=args.queue_name,
+            batch_size=args.batch_size,
+        )
+    except SettingsError as error:
+        print(f"varco-worker: {error}", file=sys.stderr)
+        return 2
+    if settings.embedded:
+        print("varco-worker: set REDIS_URL (or --redis-url) to the queue's Redis", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("varco-worker")
+    redis = connect(settings.redis_url)
+    log.info(
+        "loading %s on CUDA_VISIBLE_DEVICES=%s",
+        settings.model,
+        os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"),
+    )
+    jobs.install(jobs.build_context(settings, redis))
+    worker = HeartbeatWorker(
+        [settings.queue_name],
+        connection=redis,
+        serializer=JSONSerializer,
+        name=args.name,
+        # Look for dead workers' jobs often: requeueing them quickly is what loses nothing.
+        maintenance_interval=max(5, 3 * args.heartbeat),
+        # Idle workers wake this often, so maintenance and shutdown are prompt.
+        worker_ttl=max(20, 4 * args.heartbeat),
+    )
+    worker.heartbeat_interval = args.heartbeat
+    log.info("ready: queue %r, model version %s", settings.queue_name, settings.version)
+    # SIGTERM: RQ finishes the running job, then exits (warm shutdown).
+    worker.work(with_scheduler=False, logging_level=settings.log_level, burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
