@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from helpers import labelstudio_fixture
 
@@ -10,3 +13,22 @@ from helpers import labelstudio_fixture
 def ocr_config_xml() -> str:
     """The OCR label config Label Studio sent in the captured /setup request."""
     return labelstudio_fixture("setup")["schema"]
+
+
+@pytest.fixture(scope="session")
+def single_thread_torch() -> Iterator[None]:
+    """Tiny-model work is faster on one thread: with two on a busy 2-core machine, the OpenMP
+    threads spin against other processes (measured: engine tests 9 s vs 36 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(single_thread_torch: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from varco_labeler.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-varco"))

@@ -67,15 +67,15 @@ class ProjectOptions:
         unknown = set(extra) - {"task", "question", "fallback_label", "ocr_label", "min_score"}
         if unknown:
             raise BadRequest(f"extra_params has unknown keys {sorted(unknown)}")
-        try:
-            task = Task(extra["task"]) if extra.get("task") else None
-            min_score = float(extra.get("min_score") or 0.0)
-        except ValueError as error:
-            raise BadRequest(f"extra_params: {error}") from error
+        task = extra.get("task") or None
         if task not in (None, Task.GROUNDING, Task.OCR):
-            raise BadRequest('extra_params "task" must be "grounding" or "ocr"')
+            raise BadRequest(f'extra_params "task" must be "grounding" or "ocr", got {task!r}')
+        try:
+            min_score = float(extra.get("min_score") or 0.0)
+        except (TypeError, ValueError):
+            raise BadRequest('extra_params "min_score" must be a number') from None
         return cls(
-            task=task,
+            task=Task(task) if task else None,
             question=extra.get("question"),
             fallback_label=extra.get("fallback_label"),
             ocr_label=extra.get("ocr_label"),

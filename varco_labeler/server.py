@@ -104,12 +104,15 @@ def create_app(backend: Backend, events: EventLog) -> FastAPI:
     return app
 
 
+# Module level: FastAPI resolves the (postponed) annotation below in this module's namespace.
+_BASIC = HTTPBasic(auto_error=False)
+
+
 def _basic_auth(user: str | None, password: str | None) -> Any:
     if not user or not password:
         return Depends(lambda: None)
-    security = HTTPBasic(auto_error=False)
 
-    def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(security)]) -> None:
+    def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
         ok = credentials is not None and (
             secrets.compare_digest(credentials.username.encode(), user.encode())
             & secrets.compare_digest(credentials.password.encode(), password.encode())

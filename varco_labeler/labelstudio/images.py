@@ -29,7 +29,9 @@ def open_image(
         image = Image.open(source)
     except FileNotFoundError as error:
         raise ImageError(f"{name}: no such file") from error
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{name}: over the {max_pixels:,} pixel limit ({error})") from error
+    except (Image.UnidentifiedImageError, OSError) as error:
         raise ImageError(f"{name}: not an image ({error})") from error
     if image.width * image.height > max_pixels:
         raise ImageError(

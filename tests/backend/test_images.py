@@ -1,0 +1,113 @@
+"""Fetching task images: only from Label Studio, allowed hosts and allowed directories."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from conftest import PERSONAL_TOKEN, TOKEN
+from PIL import Image
+
+from varco_labeler.labelstudio.images import ImageError, ImageFetcher
+
+
+@pytest.fixture
+def fetcher(image_host):
+    fetcher = ImageFetcher(image_host.url, TOKEN, max_pixels=10_000)
+    yield fetcher
+    fetcher.close()
+
+
+def test_label_studio_uploads_and_local_files_with_a_legacy_token(fetcher):
+    image, data = fetcher.fetch("/data/upload/1/9c45c4ff-upload.png")
+    assert image.size == (48, 40) and image.mode == "RGB"
+    assert image.getpixel((0, 0)) == (30, 30, 220)
+    assert data.startswith(b"\x89PNG")
+    assert fetcher.fetch("/data/local-files/?d=images/a.png")[0].getpixel((0, 0)) == (220, 30, 30)
+
+
+def test_absolute_label_studio_url_is_fetched_with_the_token(fetcher, image_host):
+    assert fetcher.fetch(f"{image_host.url}/data/local-files/?d=images/a.png")[0].size == (48, 40)
+
+
+def test_personal_access_token_is_exchanged_for_a_bearer_token(image_host):
+    fetcher = ImageFetcher(image_host.url, PERSONAL_TOKEN)
+    fetcher.fetch("/data/local-files/?d=images/a.png")
+    fetcher.fetch("/data/local-files/?d=images/red.png")
+    assert image_host.requests.count("POST /api/token/refresh/") >= 1
+    assert fetcher._bearer == "short-lived-access"
+
+
+def test_wrong_token_is_named(image_host):
+    with pytest.raises(ImageError, match="refused LABEL_STUDIO_API_KEY"):
+        ImageFetcher(image_host.url, "wrong").fetch("/data/local-files/?d=images/a.png")
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "host '169.254.169.254' is not allowed"),
+        ("https://evil.example/cat.png", "not allowed; add it to VARCO_ALLOWED_IMAGE_HOSTS"),
+        ("s3://bucket/cat.png", "must be resolved by Label Studio"),
+        ("gopher://x/1", "unsupported image URL scheme"),
+        ("/etc/passwd", "not inside an allowed directory"),
+        ("file:///etc/passwd", "not inside an allowed directory"),
+        ("/data/local-files/?d=images/missing.png", "HTTP 404"),
+        ("/data/local-files/?d=images/not-an-image.png", "not an image"),
+    ],
+)
+def test_refused_sources_say_why(fetcher, ref, message):
+    with pytest.raises(ImageError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        fetcher.fetch(ref)
+
+
+def test_local_files_only_inside_allowed_roots_without_traversal(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (8, 8), "red").save(root / "ok.png")
+    (tmp_path / "secret.png").write_bytes((root / "ok.png").read_bytes())
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    fetcher = ImageFetcher(local_roots=(root,))
+    assert fetcher.fetch(str(root / "ok.png"))[0].size == (8, 8)
+    for escape in (
+        f"{root}/../secret.png",
+        str(root / "link.png"),
+        "file://" + str(tmp_path / "secret.png"),
+    ):
+        with pytest.raises(ImageError, match="not inside an allowed directory"):
+            fetcher.fetch(escape)
+
+
+def test_allowed_hosts_may_be_fetched(image_host):
+    fetcher = ImageFetcher(allowed_hosts=("127.0.0.1",))
+    # Not Label Studio for this fetcher, so no token is sent and the host answers 401.
+    with pytest.raises(ImageError, match="HTTP 401"):
+        fetcher.fetch(f"{image_host.url}/data/local-files/?d=images/a.png")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [12_000, 20_000])  # 144 Mpx: our limit; 400 Mpx: Pillow's too
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(bomb)  # a few KB on disk
+    assert bomb.stat().st_size < 200_000
+    fetcher = ImageFetcher(local_roots=(tmp_path,), max_pixels=100_000_000)
+    with pytest.raises(ImageError, match="over the 100,000,000 pixel limit"):
+        fetcher.fetch(str(bomb))
+
+
+def test_byte_limit(tmp_path):
+    big = tmp_path / "big.png"
+    Image.effect_noise((400, 400), 50).save(big)
+    with pytest.raises(ImageError, match="over"):
+        ImageFetcher(local_roots=(tmp_path,), max_bytes=1000).fetch(str(big))
+
+
+def test_exif_orientation_is_applied_before_the_model_sees_the_image(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buffer, format="JPEG", exif=exif)
+    (tmp_path / "turned.jpg").write_bytes(buffer.getvalue())
+    image, _ = ImageFetcher(local_roots=(tmp_path,)).fetch(str(tmp_path / "turned.jpg"))
+    assert image.size == (48, 64)
