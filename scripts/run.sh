@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sets up everything (scripts/setup.sh), then runs a varco-labeler command, e.g.
+# Sets up everything (scripts/setup.sh), then runs a varco-labeler command. With no arguments it
+# starts the ML backend on port 9090 with the model in this process (the one-workstation default):
+#   ./scripts/run.sh
 #   ./scripts/run.sh convert --label-config config.xml outputs.jsonl > import.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
-if [ $# -eq 0 ]; then set -- --help; fi
+if [ $# -eq 0 ]; then set -- serve; fi
 exec .venv/bin/varco-labeler "$@"

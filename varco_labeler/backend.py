@@ -28,7 +28,7 @@ from varco_labeler.labelstudio import (
 from varco_labeler.queue import Dispatcher
 from varco_labeler.regions import Region
 from varco_labeler.settings import Settings
-from varco_labeler.varco import Task, prompt_for, referring_prompt
+from varco_labeler.varco import Task, clean_model_text, prompt_for, referring_prompt
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Backend:
         width, height = output["width"], output["height"]
         version = output.get("model_version") or self.model_version
         if work.drawn is not None:
-            region = _answer_region(work.drawn, output["raw"], config)
+            region = _answer_region(work.drawn, output["raw"], config, mapper)
             return prediction_from_regions([region], config, width, height, version)
         conversion = prediction_from_varco(
             output["raw"],
@@ -264,14 +264,22 @@ def _drawn_regions(context: dict[str, Any] | None, config: LabelConfig) -> _Draw
     return drawn
 
 
-def _answer_region(drawn: dict[str, Any], answer: str, config: LabelConfig) -> Region:
-    """The drawn region itself (same id and label) carrying the model's answer as its text."""
+def _answer_region(
+    drawn: dict[str, Any], answer: str, config: LabelConfig, mapper: LabelMapper
+) -> Region:
+    """The drawn region itself (same id) with the model's answer.
+
+    With a per-region TextArea the answer becomes the region's text; without one, the answer
+    ("a small grey cat") picks the region's label when it names one.
+    """
     value = drawn["value"]
     labels = value.get("rectanglelabels") or value.get("labels") or []
+    label = labels[0] if labels else None
     box = box_from_rectangle(value, drawn.get("original_width"), drawn.get("original_height"))
-    return Region(
-        box=box, label=labels[0] if labels else None, text=answer.strip(), id=drawn.get("id")
-    )
+    text = clean_model_text(answer).strip()
+    if config.text_control:
+        return Region(box=box, label=label, text=text, id=drawn.get("id"))
+    return Region(box=box, label=mapper.label_for(text) or label, id=drawn.get("id"))
 
 
 def _item(key: str, image: str, task: Task, prompt: str) -> dict[str, Any]:

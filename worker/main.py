@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         maintenance_interval=max(5, 3 * args.heartbeat),
         # Idle workers wake this often, so maintenance and shutdown are prompt.
         worker_ttl=max(20, 4 * args.heartbeat),
+        # Job arguments hold image URLs, and presigned URLs carry credentials: keep them out.
+        log_job_description=False,
     )
     worker.heartbeat_interval = args.heartbeat
     log.info("ready: queue %r, model version %s", settings.queue_name, settings.version)

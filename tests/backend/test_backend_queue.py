@@ -136,3 +136,22 @@ def test_jobs_in_redis_are_json_not_pickle(processes: Processes, redis_server: R
     function, _, args, _ = json.loads(stored)
     assert function == "varco_labeler.jobs.predict_batch"
     assert args[0][0]["image"] == "/data/local-files/?d=images/red.png"
+
+
+def test_sigterm_finishes_the_running_job_then_exits(
+    processes: Processes, redis_server: RedisProcess
+):
+    worker = processes.worker(redis_server.url, "polite")
+    url = processes.backend(redis_server.url)
+    replies: list[httpx.Response] = []
+    request = threading.Thread(
+        target=lambda: replies.append(_predict(url, _tasks(1, SLOW_RED.format(2))))
+    )
+    request.start()
+    redis = Redis.from_url(redis_server.url)
+    busy = lambda: any(w.get_current_job_id() for w in Worker.all(connection=redis))  # noqa: E731
+    wait_until(busy, 30, "the worker to start the job")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    request.join(60)
+    assert _all_cats(replies[0].json()["results"])
