@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up everything varco-labeler needs on a fresh machine, idempotently:
 #   a virtualenv in .venv, torch/torchvision, the package with its extras, and a Redis server.
-# Environment: PYTHON (interpreter, default python3.11 or python3), EXTRAS (default "worker,dev"),
+# Environment: PYTHON (interpreter, default python3.11 or python3), EXTRAS (default "worker,train,dev"),
 #   TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1"), REDIS_URL (default redis://127.0.0.1:6379/0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-EXTRAS=${EXTRAS:-worker,dev}
+EXTRAS=${EXTRAS:-worker,train,dev}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 

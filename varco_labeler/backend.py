@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.labelstudio import (
     LabelConfig,
     LabelMapper,
@@ -94,9 +95,12 @@ class _Work:
 
 
 class Backend:
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, settings: Settings, dispatcher: Dispatcher, feedback: FeedbackStore | None = None
+    ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
+        self.feedback = feedback
         self.model_version = settings.version
         self._options: dict[str, ProjectOptions] = {}
         self._lock = threading.Lock()
@@ -134,7 +138,10 @@ class Backend:
         works, results = self._plan(tasks, config, options, context)
         outputs = self.dispatcher.run([w.item for w in works], self.settings.predict_deadline)
         for work, output in zip(works, outputs, strict=True):
-            results[work.task_index] = self._prediction(work, output, config, mapper, options)
+            prediction = self._prediction(work, output, config, mapper, options)
+            results[work.task_index] = prediction
+            if isinstance(prediction, dict) and work.drawn is None:
+                self._record(tasks[work.task_index], project, work, output, prediction)
         return {"results": results}
 
     def health(self) -> dict[str, Any]:
@@ -232,6 +239,35 @@ class Backend:
             ]
             return prediction_from_regions(kept, config, width, height, version, work.item["image"])
         return conversion.prediction
+
+    def _record(
+        self,
+        task: dict[str, Any],
+        project: str | None,
+        work: _Work,
+        output: dict[str, Any],
+        prediction: dict[str, Any],
+    ) -> None:
+        """Keep what the model said, for training data and quality reports later."""
+        if self.feedback is None:
+            return
+        try:
+            self.feedback.record_prediction(
+                task_id=task.get("id"),
+                project=project,
+                image=work.item["image"],
+                prompt=work.item["prompt"],
+                task_kind=work.kind.value,
+                raw=output["raw"],
+                result=prediction["result"],
+                model_version=prediction["model_version"],
+                width=output["width"],
+                height=output["height"],
+                scores=output.get("scores"),
+                score=prediction.get("score"),
+            )
+        except Exception:  # recording must never cost Label Studio its predictions
+            log.exception("could not record the prediction of task %s", task.get("id"))
 
     def _count(self, what: str) -> None:
         with self._lock:

@@ -89,11 +89,74 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from varco_labeler.feedback.commands import run_export
+    from varco_labeler.feedback.sources import SourceError
+
+    try:
+        summary = run_export(
+            args.source,
+            args.format,
+            Path(args.out),
+            database_url=args.database_url,
+            label_config=Path(args.label_config) if args.label_config else None,
+            project=args.project,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+        )
+    except (SourceError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from varco_labeler.feedback.commands import run_report
+    from varco_labeler.feedback.sources import SourceError
+
+    try:
+        _, table = run_report(
+            args.source,
+            out_json=Path(args.json) if args.json else None,
+            out_html=Path(args.html) if args.html else None,
+            database_url=args.database_url,
+            label_config=Path(args.label_config) if args.label_config else None,
+            project=args.project,
+            worst=args.worst,
+        )
+    except (SourceError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    return 0
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default="store",
+        help="'store' (the feedback store; default), a Label Studio JSON export file, or "
+        "'label-studio' (a live project's snapshot export: needs LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY and --project)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("VARCO_DATABASE_URL"),
+        help="feedback store URL (env VARCO_DATABASE_URL; default: SQLite under MODEL_DIR)",
+    )
+    parser.add_argument(
+        "--label-config", metavar="FILE", help="the project's label config, for an export file"
+    )
+    parser.add_argument("--project", type=int, help="Label Studio project id")
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from varco_labeler.backend import Backend
-    from varco_labeler.events import EventLog
+    from varco_labeler.feedback.store import FeedbackStore
     from varco_labeler.queue import InlineDispatcher, RQDispatcher
     from varco_labeler.server import create_app
     from varco_labeler.settings import Settings, SettingsError
@@ -123,8 +186,9 @@ def _serve(args: argparse.Namespace) -> int:
         dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size)
     else:
         dispatcher = RQDispatcher(settings)
-    backend = Backend(settings, dispatcher)
-    app = create_app(backend, EventLog(settings.model_dir / "events.jsonl"))
+    feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
+    backend = Backend(settings, dispatcher, feedback)
+    app = create_app(backend, feedback)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
 
@@ -225,6 +289,50 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="qwen2 like VARCO-VISION-14B-HF, qwen3 like 2.0 (default: %(default)s)",
     )
     tiny.set_defaults(handler=_tiny_model)
+
+    export = commands.add_parser(
+        "export",
+        help="turn corrected labels into training data (TRL SFT/DPO, LLaVA, HF dataset)",
+        description="Pair each task's human annotation (ground truth first, then the latest; "
+        "skipped and deleted ones dropped) with the model's pre-label and write a "
+        "self-contained training set: the images copied in, answers in the exact form the "
+        "model emits, a deterministic train/validation split by task, and a dataset card. "
+        "trl-sft: prompt/completion + images; trl-dpo: prompt/chosen (the correction)/rejected "
+        "(the pre-label), only where they differ materially; llava and llava-dpo: LLaVA(-NeXT) "
+        "JSON; hf: a Hugging Face dataset (parquet, images embedded).",
+    )
+    _add_source_arguments(export)
+    export.add_argument(
+        "--format", required=True, choices=["trl-sft", "trl-dpo", "llava", "llava-dpo", "hf"]
+    )
+    export.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    export.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of tasks in the validation split (default: %(default)s)",
+    )
+    export.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    export.set_defaults(handler=_export)
+
+    report = commands.add_parser(
+        "report",
+        help="how good were the pre-labels: box F1, OCR CER, review effort per model version",
+        description="Compare pre-labels with the human corrections, per model version and per "
+        "label: box precision, recall and F1 at IoU 0.5 (Hungarian matching), mean IoU, OCR "
+        "CER and NED, review effort (accepted, adjusted, deleted, added; acceptance rate), and "
+        "the lowest-scoring tasks to review first. Prints a table; --json and --html write more.",
+    )
+    _add_source_arguments(report)
+    report.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    report.add_argument("--html", metavar="FILE", help="write an HTML page with charts")
+    report.add_argument(
+        "--worst",
+        type=int,
+        default=20,
+        help="how many tasks to list for review first (default: %(default)s)",
+    )
+    report.set_defaults(handler=_report)
 
     serve = commands.add_parser(
         "serve",

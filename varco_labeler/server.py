@@ -18,7 +18,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from varco_labeler.backend import Backend, BadRequest
-from varco_labeler.events import EventLog
+from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class WebhookRequest(BaseModel):
     action: str = Field(min_length=1)
 
 
-def create_app(backend: Backend, events: EventLog) -> FastAPI:
+def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
     settings = backend.settings
     app = FastAPI(title="varco-labeler ML backend", version=backend.model_version)
     guard = _basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
@@ -98,7 +98,7 @@ def create_app(backend: Backend, events: EventLog) -> FastAPI:
 
     @app.post("/webhook", dependencies=[guard])
     def webhook(body: WebhookRequest) -> dict[str, Any]:
-        events.append(body.model_dump())
+        feedback.append(body.model_dump())
         return {"status": "ok", "action": body.action}
 
     return app

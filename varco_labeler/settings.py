@@ -37,6 +37,8 @@ class Settings:
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     model_dir: Path = Path("./varco-data")
+    # The feedback store: predictions and annotations. Unset: SQLite under MODEL_DIR.
+    database_url: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
     host: str = "0.0.0.0"
     port: int = 9090
@@ -116,6 +118,7 @@ _ENV_NAMES = {
     "basic_auth_user": "BASIC_AUTH_USER",
     "basic_auth_pass": "BASIC_AUTH_PASS",
     "model_dir": "MODEL_DIR",
+    "database_url": "VARCO_DATABASE_URL",
     "log_level": "LOG_LEVEL",
     "port": "PORT",
     "batch_size": "VARCO_BATCH_SIZE",

@@ -1,0 +1,162 @@
+"""The store against the webhooks Label Studio 1.23.2 really sent (shared/fixtures)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from copy import deepcopy
+
+import pytest
+from helpers import labelstudio_fixture
+
+from varco_labeler.feedback.sources import examples_from_store
+from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.regions import Region
+from varco_labeler.varco import Box
+
+CREATED = "webhook_annotation_created"
+UPDATED = "webhook_annotation_updated"
+CANCELLED = "webhook_annotation_cancelled"
+DELETED = "webhook_annotations_deleted"
+TRAINING = "webhook_start_training"
+ALL = (CREATED, UPDATED, CANCELLED, DELETED, TRAINING)
+
+
+def feed(store: FeedbackStore, *names: str) -> None:
+    for name in names:
+        store.append(labelstudio_fixture(name))
+
+
+def test_captured_payloads_land(store: FeedbackStore) -> None:
+    feed(store, CREATED, CANCELLED, TRAINING)
+    counts = store.counts()
+    assert counts["projects"] == 1 and counts["tasks"] == 2 and counts["events"] == 3
+    assert counts["annotations"] == 2 and counts["cancelled_annotations"] == 1
+    assert store.label_config(1).startswith("<View>")
+    tasks = {task.id: task for task in store.tasks()}
+    assert tasks[1].data == {"image": "/data/local-files/?d=images/a.png"}
+    (annotation,) = tasks[1].annotations
+    assert annotation["completed_by"] == 1 and len(annotation["result"]) == 2
+    # The skip came with the prediction the annotator was shown: it is kept with it.
+    (skipped,) = tasks[2].annotations
+    assert skipped["was_cancelled"] and skipped["prediction"]["model_version"] == "offline-v0"
+
+
+def test_update_replaces_and_redelivery_adds_nothing(store: FeedbackStore) -> None:
+    feed(store, CREATED, UPDATED, UPDATED, CREATED)  # the late CREATED is older than UPDATED
+    counts = store.counts()
+    assert counts["annotations"] == 1 and counts["events"] == 4
+    (task,) = store.tasks()
+    (annotation,) = task.annotations
+    assert annotation["ground_truth"] is True  # from UPDATED; the stale CREATED did not win
+    assert annotation["updated_at"] == "2026-11-21T22:44:21.147316Z"
+
+
+def test_delete_marks_and_exports_exclude(store: FeedbackStore) -> None:
+    feed(store, CREATED, CANCELLED, DELETED)  # DELETED names annotation 2, the skip
+    counts = store.counts()
+    assert counts["deleted_annotations"] == 1 and counts["annotations"] == 2
+    assert [a["id"] for t in store.tasks() for a in t.annotations] == [1]
+    feed(store, CANCELLED)  # a redelivered event does not bring a deleted annotation back
+    assert [a["id"] for t in store.tasks() for a in t.annotations] == [1]
+    assert [e.task_id for e in examples_from_store(store)] == [1]
+
+
+def test_cancelled_kept_but_not_exported(store: FeedbackStore) -> None:
+    feed(store, CANCELLED)
+    assert store.counts()["cancelled_annotations"] == 1
+    assert examples_from_store(store) == []
+
+
+def test_other_actions_are_recorded_without_label_config(store: FeedbackStore) -> None:
+    feed(store, TRAINING)
+    store.append({"action": "PROJECT_UPDATED", "project": {"id": 7, "title": "x"}})
+    store.append({"action": "SOMETHING_NEW"})
+    store.append({"action": "ANNOTATION_CREATED", "annotation": {"result": []}})  # no id
+    assert store.counts()["events"] == 4 and store.counts()["annotations"] == 0
+    with store.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from varco_labeler.feedback.store import EventRow
+
+        bodies = [row.body for row in conn.execute(select(EventRow).order_by(EventRow.id))]
+    assert bodies[0]["action"] == "START_TRAINING"
+    assert "label_config" not in bodies[0]["project"]  # kept once, in the projects table
+
+
+def test_recorded_prediction_pairs_with_the_annotation(store: FeedbackStore) -> None:
+    feed(store, UPDATED)
+    result = deepcopy(labelstudio_fixture(UPDATED)["annotation"]["result"])
+    for item in result:
+        if item["type"] == "textarea":
+            item["value"]["text"] = ["HELL0"]
+    store.record_prediction(
+        task_id=1,
+        project="1.1795301059",
+        image="/data/local-files/?d=images/a.png",
+        prompt="<ocr>",
+        task_kind="ocr",
+        raw="<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>",
+        result=result,
+        model_version="tiny-v1",
+        regions=[Region(Box(0.1, 0.2, 0.4, 0.25), text="HELL0", score=0.5)],
+        width=640,
+        height=480,
+        scores=[0.5],
+        score=0.5,
+    )
+    (example,) = examples_from_store(store)
+    assert example.model_version == "tiny-v1" and example.project == 1
+    assert example.model_raw == "<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
+    assert example.model_answer == "<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
+    assert example.answer == "<char>HELLO</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
+
+
+def test_webhook_write_fits_the_one_second_budget(store: FeedbackStore) -> None:
+    body = labelstudio_fixture(UPDATED)
+    store.append(body)  # first write creates the file's pages
+    started = time.perf_counter()
+    for _ in range(20):
+        store.append(body)
+    per_event = (time.perf_counter() - started) / 20
+    assert per_event < 0.1, f"{per_event * 1000:.1f} ms per webhook"
+
+
+POSTGRES_URL = os.environ.get(
+    "VARCO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_store():
+    """A store in a fresh schema of the local PostgreSQL, dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install psycopg[binary]")
+    admin = sqlalchemy.create_engine(POSTGRES_URL)
+    try:
+        with admin.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error.orig}")
+    schema = f"feedback_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    store = FeedbackStore(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}")
+    yield store
+    store.close()
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+def test_postgresql_store(postgres_store: FeedbackStore) -> None:
+    assert postgres_store.engine.dialect.name == "postgresql"
+    feed(postgres_store, *ALL, CREATED, UPDATED)
+    counts = postgres_store.counts()
+    assert counts["annotations"] == 2 and counts["deleted_annotations"] == 1
+    assert counts["events"] == len(ALL) + 2
+    (example,) = examples_from_store(postgres_store)
+    assert example.ground_truth and example.answer.startswith("<char>HELLO</char>")

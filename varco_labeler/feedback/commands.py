@@ -1,0 +1,124 @@
+"""Plain functions behind ``varco-labeler export`` and ``varco-labeler report``.
+
+A source is ``store`` (the feedback store: SQLite under MODEL_DIR, or ``database_url``), a path
+to a Label Studio JSON export, or ``label-studio`` (a live project's snapshot export, which needs
+LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and ``project``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from varco_labeler.feedback.export import export
+from varco_labeler.feedback.pairing import Example, PairingStats
+from varco_labeler.feedback.report import build_report, render_html, render_table
+from varco_labeler.feedback.sources import (
+    SourceError,
+    examples_from_export,
+    examples_from_label_studio,
+    examples_from_store,
+)
+from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.labelstudio.images import ImageFetcher
+from varco_labeler.settings import Settings
+
+
+def load_examples(
+    source: str,
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    label_config: Path | None = None,
+    project: int | None = None,
+    stats: PairingStats | None = None,
+) -> list[Example]:
+    config_xml = label_config.read_text(encoding="utf-8") if label_config else None
+    if source == "label-studio":
+        if not (settings.label_studio_url and settings.label_studio_api_key and project):
+            raise SourceError("set LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and --project")
+        return examples_from_label_studio(
+            settings.label_studio_url, settings.label_studio_api_key, project, stats
+        )
+    store = FeedbackStore(database_url, model_dir=settings.model_dir)
+    try:
+        if source == "store":
+            return examples_from_store(store, project, config_xml, stats)
+        path = Path(source)
+        if not path.is_file():
+            raise SourceError(f"{source}: not 'store', 'label-studio' or an export file")
+        if config_xml is None and project is not None:
+            config_xml = store.label_config(project)
+        if config_xml is None:
+            raise SourceError(f"{source}: pass --label-config (or --project known to the store)")
+        return examples_from_export(path, config_xml, store=store, stats=stats)
+    finally:
+        store.close()
+
+
+def run_export(
+    source: str,
+    fmt: str,
+    out_dir: Path,
+    *,
+    database_url: str | None = None,
+    label_config: Path | None = None,
+    project: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Pair, then export; images are fetched as the worker fetches them (Label Studio with the
+    API key, VARCO_ALLOWED_IMAGE_HOSTS, VARCO_LOCAL_IMAGE_ROOTS)."""
+    settings = settings or Settings.from_env()
+    stats = PairingStats()
+    examples = load_examples(
+        source,
+        settings,
+        database_url=database_url,
+        label_config=label_config,
+        project=project,
+        stats=stats,
+    )
+    fetcher = ImageFetcher(
+        label_studio_url=settings.label_studio_url,
+        api_key=settings.label_studio_api_key,
+        allowed_hosts=settings.allowed_image_hosts,
+        local_roots=settings.local_image_roots,
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        timeout=settings.image_timeout,
+    )
+    try:
+        summary = export(examples, fmt, out_dir, val_fraction, seed, images=fetcher)
+    finally:
+        fetcher.close()
+    return {**summary, "pairing": vars(stats)}
+
+
+def run_report(
+    source: str,
+    *,
+    out_json: Path | None = None,
+    out_html: Path | None = None,
+    database_url: str | None = None,
+    label_config: Path | None = None,
+    project: int | None = None,
+    worst: int = 20,
+    settings: Settings | None = None,
+) -> tuple[dict[str, Any], str]:
+    """The report as data and as a terminal table; writes JSON and HTML when asked."""
+    examples = load_examples(
+        source,
+        settings or Settings.from_env(),
+        database_url=database_url,
+        label_config=label_config,
+        project=project,
+    )
+    report = build_report(examples, worst=worst)
+    if out_json:
+        out_json.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    if out_html:
+        out_html.write_text(render_html(report), encoding="utf-8")
+    return report, render_table(report)

@@ -1,0 +1,140 @@
+"""Where examples come from: the feedback store, a Label Studio JSON export, or a live project.
+
+All three yield tasks in Label Studio's export shape and go through :func:`pair_tasks`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from varco_labeler.feedback.pairing import Example, PairingStats, pair_tasks
+from varco_labeler.feedback.store import FeedbackStore
+
+
+class SourceError(ValueError):
+    """A source cannot give examples; the message says what is missing."""
+
+
+def examples_from_store(
+    store: FeedbackStore,
+    project: int | None = None,
+    label_config: str | None = None,
+    stats: PairingStats | None = None,
+) -> list[Example]:
+    """Examples from webhooks and recorded predictions; each project's own label config is used
+    unless ``label_config`` is given."""
+    by_config: dict[str, list[Mapping[str, Any]]] = {}
+    missing: set[int | None] = set()
+    for task in store.tasks(project):
+        xml = label_config or task.label_config
+        if not xml:
+            missing.add(task.project)
+            continue
+        by_config.setdefault(xml, []).append(
+            {
+                "id": task.id,
+                "project": task.project,
+                "data": task.data,
+                "annotations": task.annotations,
+                "predictions": task.predictions,
+            }
+        )
+    if missing and not by_config:
+        raise SourceError(
+            f"no label config stored for project(s) {sorted(map(str, missing))}; pass one"
+        )
+    examples: list[Example] = []
+    for xml, tasks in by_config.items():
+        examples += pair_tasks(tasks, xml, "store", stats)
+    return sorted(examples, key=lambda e: (e.project or 0, e.task_id or 0))
+
+
+def examples_from_export(
+    tasks: Iterable[Mapping[str, Any]] | Path,
+    label_config: str,
+    store: FeedbackStore | None = None,
+    stats: PairingStats | None = None,
+    source: str = "export",
+) -> list[Example]:
+    """Examples from a Label Studio JSON export (a file path or the parsed list).
+
+    A plain export lists predictions as ids only; with ``store``, the predictions the backend
+    recorded for those tasks fill them in.
+    """
+    if isinstance(tasks, Path):
+        source = f"export:{tasks.name}"
+        tasks = json.loads(tasks.read_text(encoding="utf-8"))
+    tasks = list(tasks)
+    if store is not None:
+        recorded = store.predictions_by_task()
+        tasks = [_with_recorded(task, recorded.get(_int(task.get("id")), [])) for task in tasks]
+    return pair_tasks(tasks, label_config, source, stats)
+
+
+def snapshot_export(
+    client: Any,
+    project: int,
+    *,
+    timeout: float = 600.0,
+    poll: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[list[dict[str, Any]], str]:
+    """A live project's tasks with FULL predictions, and its label config, via the SDK.
+
+    The plain export endpoint gives predictions as ids only; a snapshot export with
+    ``serialization_options.predictions.only_id = false`` gives the objects (DESIGN section 4).
+    ``client`` is a ``label_studio_sdk.LabelStudio``.
+    """
+    label_config = client.projects.get(id=project).label_config
+    created = client.projects.exports.create(
+        id=project,
+        title="varco-labeler feedback",
+        serialization_options={
+            "predictions": {"only_id": False},
+            "annotations__completed_by": {"only_id": True},
+        },
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(client.projects.exports.get(id=project, export_pk=created.id).status)
+        if status.endswith("completed"):
+            break
+        if status.endswith("failed"):
+            raise SourceError(f"Label Studio failed to build the export of project {project}")
+        if time.monotonic() > deadline:
+            raise SourceError(f"the export of project {project} took over {timeout:.0f} s")
+        sleep(poll)
+    data = b"".join(
+        client.projects.exports.download(id=project, export_pk=created.id, export_type="JSON")
+    )
+    return json.loads(data), label_config
+
+
+def examples_from_label_studio(
+    url: str,
+    api_key: str,
+    project: int,
+    stats: PairingStats | None = None,
+) -> list[Example]:
+    from label_studio_sdk import LabelStudio
+
+    tasks, label_config = snapshot_export(LabelStudio(base_url=url, api_key=api_key), project)
+    return pair_tasks(tasks, label_config, f"label-studio:{project}", stats)
+
+
+def _with_recorded(task: Mapping[str, Any], recorded: list[dict[str, Any]]) -> Mapping[str, Any]:
+    has_full = any(isinstance(p, Mapping) for p in task.get("predictions") or [])
+    if has_full or not recorded:
+        return task
+    return {**task, "predictions": recorded}
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,534 @@
+"""The feedback store: what the model predicted and what people made of it, in SQL.
+
+SQLite under MODEL_DIR by default, PostgreSQL (or any SQLAlchemy URL) for a team. Label Studio
+gives a webhook 1 s and never retries it, so :meth:`FeedbackStore.append` does one short
+transaction of upserts and nothing else; pairing and exports read the tables later.
+
+Annotation webhooks are applied as upserts keyed by Label Studio's annotation id, guarded by the
+annotation's ``updated_at``: a redelivered or late, older version never overwrites a newer one,
+and a deletion is sticky.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from varco_labeler.regions import Region
+from varco_labeler.varco import Box
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FILE = "feedback.sqlite3"
+ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+DELETE_ACTION = "ANNOTATIONS_DELETED"
+
+
+# Label Studio ids are 64-bit in PostgreSQL; SQLite auto-increments only INTEGER primary keys.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProjectRow(Base):
+    """A Label Studio project as last seen in a webhook: its label config decides the task kind."""
+
+    __tablename__ = "feedback_projects"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    title: Mapped[str | None] = mapped_column(String(512))
+    label_config: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TaskRow(Base):
+    """A task's data (its image reference) as last seen."""
+
+    __tablename__ = "feedback_tasks"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    project: Mapped[int | None] = mapped_column(Integer, index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class PredictionRow(Base):
+    __tablename__ = "feedback_predictions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    task_id: Mapped[int | None] = mapped_column(BigInteger)
+    project: Mapped[int | None] = mapped_column(Integer)
+    image: Mapped[str] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    task_kind: Mapped[str] = mapped_column(String(32))
+    raw: Mapped[str] = mapped_column(Text)
+    regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    result: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(256))
+    scores: Mapped[list[float | None] | None] = mapped_column(JSON)
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_feedback_predictions_task", "task_id", "created_at"),)
+
+
+class AnnotationRow(Base):
+    """The latest version of one Label Studio annotation (its id is Label Studio's)."""
+
+    __tablename__ = "feedback_annotations"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    task_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    project: Mapped[int | None] = mapped_column(Integer)
+    result: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The prediction the annotator started from, when Label Studio sent it in full.
+    prediction: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    ground_truth: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_by: Mapped[int | None] = mapped_column(Integer)
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EventRow(Base):
+    """Every webhook received; bodies are kept only for actions the store does not interpret."""
+
+    __tablename__ = "feedback_events"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    project: Mapped[int | None] = mapped_column(Integer)
+    annotation_ids: Mapped[list[int] | None] = mapped_column(JSON)
+    body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """A task with its annotations and predictions, in Label Studio's export shape."""
+
+    id: int
+    project: int | None
+    data: dict[str, Any]
+    annotations: list[dict[str, Any]]
+    predictions: list[dict[str, Any]]
+    label_config: str | None
+
+
+class FeedbackStore:
+    """Predictions and annotations in SQL. ``url``: a SQLAlchemy URL, or None for SQLite in
+    ``model_dir``."""
+
+    def __init__(self, url: str | None = None, model_dir: Path | None = None) -> None:
+        if url is None:
+            directory = Path(model_dir or ".")
+            directory.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{directory / DEFAULT_FILE}"
+        self.url = url
+        self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # SQLite allows one writer: serialise ours instead of failing with "database locked".
+            self._write_lock: threading.Lock | None = threading.Lock()
+        else:
+            self._write_lock = None
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, event_body: Mapping[str, Any]) -> None:
+        """Apply one Label Studio webhook body. Same signature as the old ``EventLog.append``."""
+        action = str(event_body.get("action") or "")
+        now = _now()
+        project = event_body.get("project")
+        project_id = _int(project.get("id")) if isinstance(project, Mapping) else _int(project)
+        with self._transaction() as conn:
+            if isinstance(project, Mapping) and project_id is not None:
+                self._upsert_project(conn, project_id, project, now)
+            annotation_ids: list[int] | None = None
+            body: dict[str, Any] | None = None
+            annotation = event_body.get("annotation")
+            has_id = isinstance(annotation, Mapping) and _int(annotation.get("id")) is not None
+            if action in ANNOTATION_ACTIONS and has_id:
+                task = event_body.get("task")
+                if isinstance(task, Mapping) and _int(task.get("id")) is not None:
+                    self._upsert_task(conn, task, project_id, now)
+                annotation_ids = [self._upsert_annotation(conn, annotation, project_id, now)]
+            elif action == DELETE_ACTION:
+                annotation_ids = [
+                    i
+                    for i in (_int(a.get("id")) for a in event_body.get("annotations") or [])
+                    if i is not None
+                ]
+                if annotation_ids:
+                    conn.execute(
+                        update(AnnotationRow)
+                        .where(AnnotationRow.id.in_(annotation_ids))
+                        .values(deleted=True)
+                    )
+            else:  # START_TRAINING, PROJECT_UPDATED, ...: kept as they came, for the record
+                if action in ANNOTATION_ACTIONS:
+                    log.warning("%s webhook without an annotation id: kept as it came", action)
+                body = _without_label_config(event_body)
+            conn.execute(
+                EventRow.__table__.insert().values(
+                    action=action,
+                    project=project_id,
+                    annotation_ids=annotation_ids,
+                    body=body,
+                    received_at=now,
+                )
+            )
+
+    def record_prediction(
+        self,
+        *,
+        task_id: int | None,
+        project: int | str | None,
+        image: str,
+        prompt: str,
+        task_kind: str,
+        raw: str,
+        result: Sequence[Mapping[str, Any]],
+        model_version: str,
+        regions: Sequence[Region] = (),
+        width: int | None = None,
+        height: int | None = None,
+        scores: Sequence[float | None] | None = None,
+        score: float | None = None,
+    ) -> int:
+        """Keep one prediction as made: raw model text, its regions and the Label Studio result.
+
+        ``project`` may be Label Studio's "ID.TIMESTAMP" form. Returns the row id.
+        """
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                PredictionRow.__table__.insert()
+                .values(
+                    task_id=task_id,
+                    project=_project_id(project),
+                    image=image,
+                    width=width,
+                    height=height,
+                    prompt=prompt,
+                    task_kind=str(task_kind),
+                    raw=raw,
+                    regions=[region_to_json(r) for r in regions],
+                    result=list(result),
+                    model_version=model_version,
+                    scores=list(scores) if scores is not None else None,
+                    score=score,
+                    created_at=_now(),
+                )
+                .returning(PredictionRow.id)
+            )
+            return int(inserted.scalar_one())
+
+    # -- reading ---------------------------------------------------------------------------
+    def tasks(self, project: int | None = None) -> list[StoredTask]:
+        """Annotated tasks with their annotations (deleted ones left out) and predictions, in
+        Label Studio's export shape, ordered by task id."""
+        with self.engine.connect() as conn:
+            projects = {row.id: row.label_config for row in conn.execute(select(ProjectRow))}
+            tasks = select(TaskRow).order_by(TaskRow.id)
+            annotations = select(AnnotationRow).where(AnnotationRow.deleted.is_(False))
+            predictions = select(PredictionRow)
+            if project is not None:
+                tasks = tasks.where(TaskRow.project == project)
+                annotations = annotations.where(AnnotationRow.project == project)
+                predictions = predictions.where(PredictionRow.project == project)
+            by_task: dict[int, list[dict[str, Any]]] = {}
+            for row in conn.execute(annotations.order_by(AnnotationRow.id)):
+                by_task.setdefault(row.task_id, []).append(_annotation_json(row))
+            predicted: dict[int, list[dict[str, Any]]] = {}
+            for row in conn.execute(
+                predictions.order_by(PredictionRow.created_at, PredictionRow.id)
+            ):
+                predicted.setdefault(row.task_id, []).append(_prediction_json(row))
+            return [
+                StoredTask(
+                    id=task.id,
+                    project=task.project,
+                    data=task.data,
+                    annotations=by_task.get(task.id, []),
+                    predictions=predicted.get(task.id, []),
+                    label_config=projects.get(task.project),
+                )
+                for task in conn.execute(tasks)
+            ]
+
+    def predictions_by_task(self) -> dict[int, list[dict[str, Any]]]:
+        """Every recorded prediction in Label Studio's shape, by task id, oldest first."""
+        by_task: dict[int, list[dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            query = select(PredictionRow).where(PredictionRow.task_id.is_not(None))
+            for row in conn.execute(query.order_by(PredictionRow.created_at, PredictionRow.id)):
+                by_task.setdefault(row.task_id, []).append(_prediction_json(row))
+        return by_task
+
+    def label_config(self, project: int) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(ProjectRow.label_config).where(ProjectRow.id == project))
+            return row.scalar_one_or_none()
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, and annotations that exports use (not deleted, not cancelled)."""
+        with self.engine.connect() as conn:
+
+            def count(*where: Any, table: Any = AnnotationRow) -> int:
+                return int(
+                    conn.execute(select(func.count()).select_from(table).where(*where)).one()[0]
+                )
+
+            return {
+                "projects": count(table=ProjectRow),
+                "tasks": count(table=TaskRow),
+                "predictions": count(table=PredictionRow),
+                "annotations": count(),
+                "usable_annotations": count(
+                    AnnotationRow.deleted.is_(False), AnnotationRow.was_cancelled.is_(False)
+                ),
+                "deleted_annotations": count(AnnotationRow.deleted.is_(True)),
+                "cancelled_annotations": count(AnnotationRow.was_cancelled.is_(True)),
+                "events": count(table=EventRow),
+            }
+
+    # -- internals -------------------------------------------------------------------------
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.engine, self._write_lock)
+
+    def _insert(self, table: Any) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return postgresql.insert(table)
+        if dialect == "sqlite":
+            return sqlite.insert(table)
+        raise NotImplementedError(
+            f"the feedback store supports SQLite and PostgreSQL, not {dialect}"
+        )
+
+    def _upsert_project(
+        self, conn: Connection, project_id: int, project: Mapping[str, Any], now: datetime
+    ) -> None:
+        values = {"title": project.get("title"), "label_config": project.get("label_config")}
+        values = {k: v for k, v in values.items() if v is not None}
+        statement = self._insert(ProjectRow.__table__).values(
+            id=project_id, updated_at=now, **values
+        )
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["id"], set_={"updated_at": now, **values}
+            )
+        )
+
+    def _upsert_task(
+        self, conn: Connection, task: Mapping[str, Any], project_id: int | None, now: datetime
+    ) -> None:
+        values = {
+            "project": _int(task.get("project")) or project_id,
+            "data": dict(task.get("data") or {}),
+            "updated_at": now,
+        }
+        statement = self._insert(TaskRow.__table__).values(id=_int(task["id"]), **values)
+        conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
+
+    def _upsert_annotation(
+        self,
+        conn: Connection,
+        annotation: Mapping[str, Any],
+        project_id: int | None,
+        now: datetime,
+    ) -> int:
+        annotation_id = int(annotation["id"])
+        prediction = annotation.get("prediction")
+        values = {
+            "task_id": _int(annotation.get("task")),
+            "project": _int(annotation.get("project")) or project_id,
+            "result": list(annotation.get("result") or []),
+            "prediction": dict(prediction)
+            if isinstance(prediction, Mapping) and isinstance(prediction.get("result"), list)
+            else None,
+            "was_cancelled": bool(annotation.get("was_cancelled")),
+            "ground_truth": bool(annotation.get("ground_truth")),
+            "completed_by": _int(annotation.get("completed_by")),
+            "lead_time": annotation.get("lead_time"),
+            "created_at": _timestamp(annotation.get("created_at")),
+            "updated_at": _timestamp(annotation.get("updated_at")) or now,
+        }
+        table = AnnotationRow.__table__
+        statement = self._insert(table).values(id=annotation_id, deleted=False, **values)
+        # Only a version at least as new replaces the stored one; a deletion stays.
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["id"],
+                set_=values,
+                where=(table.c.updated_at <= statement.excluded.updated_at)
+                & table.c.deleted.is_(False),
+            )
+        )
+        return annotation_id
+
+
+class _Transaction:
+    """``with`` block: one connection, one transaction, and for SQLite the process's write lock."""
+
+    def __init__(self, engine: Engine, lock: threading.Lock | None) -> None:
+        self.engine, self.lock = engine, lock
+
+    def __enter__(self) -> Connection:
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self._context = self.engine.begin()
+            return self._context.__enter__()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._context.__exit__(*exc)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+def region_to_json(region: Region) -> dict[str, Any]:
+    return {
+        "box": list(region.box.as_tuple()),
+        "label": region.label,
+        "phrase": region.phrase,
+        "text": region.text,
+        "score": region.score,
+        "id": region.id,
+    }
+
+
+def region_from_json(data: Mapping[str, Any]) -> Region:
+    return Region(
+        box=Box(*data["box"]),
+        label=data.get("label"),
+        phrase=data.get("phrase"),
+        text=data.get("text"),
+        score=data.get("score"),
+        id=data.get("id"),
+    )
+
+
+def _annotation_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "task": row.task_id,
+        "project": row.project,
+        "result": row.result,
+        "prediction": row.prediction or {},
+        "was_cancelled": row.was_cancelled,
+        "ground_truth": row.ground_truth,
+        "completed_by": row.completed_by,
+        "lead_time": row.lead_time,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def _prediction_json(row: Any) -> dict[str, Any]:
+    """A stored prediction in Label Studio's shape, plus what only the backend knew."""
+    return {
+        "result": row.result,
+        "score": row.score,
+        "model_version": row.model_version,
+        "created_at": _iso(row.created_at),
+        "task": row.task_id,
+        "project": row.project,
+        "raw": row.raw,
+        "prompt": row.prompt,
+        "task_kind": row.task_kind,
+        "regions": row.regions,
+        "width": row.width,
+        "height": row.height,
+    }
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL lets exports read while the webhook writes; NORMAL sync is durable across a process crash
+    # and keeps a webhook write at a few milliseconds.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _without_label_config(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The event body without the project's label config, which the projects table keeps."""
+    out = dict(body)
+    if isinstance(out.get("project"), Mapping):
+        out["project"] = {
+            k: v
+            for k, v in out["project"].items()
+            if k not in ("label_config", "parsed_label_config")
+        }
+    return out
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """Label Studio's ISO timestamps ("...Z") as naive UTC, comparable in every database."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _project_id(project: int | str | None) -> int | None:
+    """Label Studio sends the project as "ID.TIMESTAMP" in /setup and /predict."""
+    if project is None:
+        return None
+    return _int(str(project).split(".")[0])
