@@ -14,6 +14,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,10 @@ PHRASE_PROMPT = "<gro>\nFind {phrase} in the image."
 
 class BadRequest(ValueError):
     """The request cannot be served as sent; the message says why (HTTP 4xx)."""
+
+
+class Busy(RuntimeError):
+    """More tasks are pending than this backend accepts; the client should retry later (503)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,24 @@ class Backend:
         self.counters: Counter[str] = Counter()
         self.last_problem: str | None = None
         self.started = time.time()
+        self.pending_tasks = 0
+
+    @contextmanager
+    def admission(self, tasks: int) -> Iterator[None]:
+        """Hold places for ``tasks`` during a request; refuse it when the backend is full."""
+        with self._lock:
+            if self.pending_tasks + tasks > self.settings.max_pending_tasks:
+                self.counters["refused"] += tasks
+                raise Busy(
+                    f"busy: {self.pending_tasks} tasks pending, limit "
+                    f"{self.settings.max_pending_tasks} (VARCO_MAX_PENDING_TASKS); retry later"
+                )
+            self.pending_tasks += tasks
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending_tasks -= tasks
 
     # -- Label Studio protocol -------------------------------------------------------------
     def setup(self, project: str | None, schema: str | None, extra_params: Any) -> dict[str, Any]:
@@ -154,6 +178,7 @@ class Backend:
             "mode": "embedded" if self.settings.embedded else "queue",
             "queue": queue,
             "tasks": dict(self.counters),
+            "pending_tasks": self.pending_tasks,
             "last_problem": self.last_problem,
             "uptime_s": round(time.time() - self.started),
         }

@@ -152,6 +152,43 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", type=int, help="Label Studio project id")
 
 
+def _prelabel(args: argparse.Namespace) -> int:
+    from varco_labeler.labelstudio import LabelConfigError
+    from varco_labeler.prelabel import Selection, prelabel_folder, prelabel_project
+    from varco_labeler.queue import QueueUnavailable
+    from varco_labeler.settings import Settings, SettingsError
+
+    if (args.project is None) == (args.images is None):
+        print("error: give --project ID or --images DIR", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env(
+            model=args.model, redis_url=args.redis_url, batch_size=args.batch_size
+        )
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        if args.images:
+            if not args.label_config:
+                print("error: --images needs --label-config", file=sys.stderr)
+                return 2
+            tasks, summary = prelabel_folder(
+                settings,
+                Path(args.images),
+                Path(args.label_config).read_text(encoding="utf-8"),
+                args.url_prefix,
+            )
+            with open(args.out, "w", encoding="utf-8") if args.out else sys.stdout as out:
+                json.dump(tasks, out, ensure_ascii=False, indent=1)
+        else:
+            ids = frozenset(int(t) for t in args.tasks.split(",")) if args.tasks else None
+            selection = Selection(args.unlabelled, args.view, ids)
+            summary = prelabel_project(settings, args.project, selection)
+    except (SettingsError, LabelConfigError, QueueUnavailable, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary.text(), file=sys.stderr)
+    return 130 if summary.interrupted else 1 if summary.failed else 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -289,6 +326,39 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="qwen2 like VARCO-VISION-14B-HF, qwen3 like 2.0 (default: %(default)s)",
     )
     tiny.set_defaults(handler=_tiny_model)
+
+    prelabel = commands.add_parser(
+        "prelabel",
+        help="pre-label a whole Label Studio project (or a folder of images) through the queue",
+        description="Pre-label every task of a project (or the unlabelled ones, a Data Manager "
+        "view, or given task ids) without Label Studio's 100 s /predict limit: batches go "
+        "through the queue to varco-worker processes (or run here without REDIS_URL), and the "
+        "predictions are pushed into the project with the SDK. Tasks that already have a "
+        "prediction of this model version are skipped, so running it again resumes or does "
+        "nothing. Ctrl-C stops cleanly. Needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY. "
+        "With --images DIR it pre-labels image files instead and writes an import file.",
+    )
+    prelabel.add_argument("--project", type=int, help="Label Studio project id")
+    prelabel.add_argument("--unlabelled", action="store_true", help="only tasks not yet labelled")
+    prelabel.add_argument("--view", type=int, help="only the tasks of this Data Manager view (id)")
+    prelabel.add_argument("--tasks", metavar="ID,ID,...", help="only these task ids")
+    prelabel.add_argument("--images", metavar="DIR", help="pre-label the images in a folder")
+    prelabel.add_argument("--label-config", metavar="FILE", help="label config, with --images")
+    prelabel.add_argument(
+        "--url-prefix",
+        help="with --images: task image = prefix + relative "
+        "path, e.g. '/data/local-files/?d=photos/' (default: absolute path)",
+    )
+    prelabel.add_argument(
+        "--out", metavar="FILE", help="with --images: the import file (default: stdout)"
+    )
+    prelabel.add_argument("--model", help="checkpoint id or local path (env VARCO_MODEL)")
+    prelabel.add_argument(
+        "--redis-url",
+        help="the workers' queue (env REDIS_URL); unset: run the model in this process",
+    )
+    prelabel.add_argument("--batch-size", type=int, help="tasks per job (env VARCO_BATCH_SIZE)")
+    prelabel.set_defaults(handler=_prelabel)
 
     export = commands.add_parser(
         "export",

@@ -18,13 +18,18 @@ from typing import Any
 from redis import Redis
 
 from varco_labeler.engine.base import Engine, Request
+from varco_labeler.labelstudio.config import read_label_config
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher
+from varco_labeler.labelstudio.labels import LabelMapper
+from varco_labeler.labelstudio.predictions import prediction_from_varco
+from varco_labeler.labelstudio.sink import PredictionSink
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
 
 log = logging.getLogger(__name__)
 
 PREDICT_BATCH = "varco_labeler.jobs.predict_batch"
+PRELABEL_BATCH = "varco_labeler.jobs.prelabel_batch"
 
 
 class OutputCache:
@@ -70,6 +75,12 @@ class JobContext:
     engine: Engine
     fetcher: ImageFetcher
     cache: OutputCache
+    settings: Settings
+
+    def label_studio(self) -> PredictionSink:
+        if self.settings.label_studio_url is None or self.settings.label_studio_api_key is None:
+            raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to push predictions")
+        return PredictionSink(self.settings.label_studio_url, self.settings.label_studio_api_key)
 
 
 _context: JobContext | None = None
@@ -107,7 +118,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> JobContext:
         max_pixels=settings.max_image_pixels,
         timeout=settings.image_timeout,
     )
-    return JobContext(engine, fetcher, OutputCache(redis, ttl=settings.cache_ttl))
+    return JobContext(engine, fetcher, OutputCache(redis, ttl=settings.cache_ttl), settings)
 
 
 def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -151,3 +162,40 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cache.put(cache_key, output)
             outputs[index] = {**head, **output, "cached": False}
     return [output for output in outputs if output is not None]
+
+
+def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Predict a batch of a project's tasks and push the predictions to Label Studio in bulk.
+
+    Items carry ``task_id``. Safe to run twice (a retry after a killed worker, or a restarted
+    ``prelabel``): tasks that already have a prediction of this model version are not pushed
+    again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id: reason}}``.
+    """
+    if _context is None:
+        raise RuntimeError("no engine installed in this process: start it with varco-worker")
+    config = read_label_config(label_config)
+    mapper = LabelMapper(config.labels, config.aliases)
+    outputs = predict_batch(items)
+    predictions, failed = [], {}
+    for item, output in zip(items, outputs, strict=True):
+        if "error" in output:
+            failed[str(item["task_id"])] = output["error"]
+            continue
+        conversion = prediction_from_varco(
+            output["raw"],
+            item["task"],
+            config,
+            mapper,
+            output["width"],
+            output["height"],
+            output["model_version"],
+            scores=output["scores"],
+            seed=item["image"],
+        )
+        predictions.append({"task": item["task_id"], **conversion.prediction})
+    sink = _context.label_studio()
+    try:
+        pushed, present = sink.push(project, predictions)
+    finally:
+        sink.close()
+    return {"pushed": pushed, "present": present, "failed": failed}

@@ -8,12 +8,13 @@ its job keeps running, so its output is cached for the next request.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -27,6 +28,7 @@ from varco_labeler.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Item = dict[str, Any]
 Output = dict[str, Any]
 # How often a waiting backend requeues jobs of workers that died (their heartbeat expired).
@@ -46,7 +48,7 @@ class Dispatcher(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def batches(items: Sequence[Item], size: int) -> list[list[Item]]:
+def batches(items: Sequence[T], size: int) -> list[list[T]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
@@ -65,28 +67,33 @@ class RQDispatcher:
         self.queue = Queue(settings.queue_name, connection=self.redis, serializer=JSONSerializer)
         self._last_rescue = 0.0
 
-    def enqueue(self, items: Sequence[Item]) -> list[Job]:
+    def submit(self, function: str, calls: Sequence[tuple[Any, ...]]) -> list[Job]:
+        """Enqueue one job per argument tuple, in one round trip."""
         s = self.settings
         specs = [
             Queue.prepare_data(
-                PREDICT_BATCH,
-                args=(batch,),
+                function,
+                args=args,
                 timeout=s.job_timeout,
                 result_ttl=s.result_ttl,
                 failure_ttl=s.result_ttl,
                 retry=Retry(max=s.job_retries) if s.job_retries else None,
             )
-            for batch in batches(items, s.batch_size)
+            for args in calls
         ]
         try:
             return self.queue.enqueue_many(specs)
         except RedisError as error:
             raise QueueUnavailable(self._unreachable(error)) from error
 
-    def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
+    def completions(
+        self, jobs: Sequence[Job], deadline: float = math.inf
+    ) -> Iterator[tuple[Job, Any, str | None]]:
+        """Yield (job, return value, error) as jobs finish or fail for good, until the deadline.
+
+        While waiting, jobs of workers that died are requeued.
+        """
         give_up_at = time.monotonic() + deadline
-        jobs = self.enqueue(items)
-        outputs: dict[str, Output] = {}
         waiting = {job.id: job for job in jobs}
         try:
             while waiting and time.monotonic() < give_up_at:
@@ -96,19 +103,42 @@ class RQDispatcher:
                         continue
                     status = job.get_status(refresh=False)
                     if status == JobStatus.FINISHED:
-                        for output in job.return_value(refresh=False) or []:
-                            outputs[output["key"]] = output
                         del waiting[job.id]
-                    elif status == JobStatus.FAILED:
-                        log.error("job %s failed: %s", job.id, _last_line(job))
+                        yield job, job.return_value(refresh=False), None
+                    elif status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
                         del waiting[job.id]
+                        yield job, None, _last_line(job)
                 if waiting:
                     time.sleep(_POLL_INTERVAL)
         except RedisError as error:
             raise QueueUnavailable(self._unreachable(error)) from error
-        if waiting:
-            log.warning("%d job(s) unfinished at the %.0f s deadline", len(waiting), deadline)
+
+    def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
+        jobs = self.submit(
+            PREDICT_BATCH, [(batch,) for batch in batches(items, self.settings.batch_size)]
+        )
+        outputs: dict[str, Output] = {}
+        finished = 0
+        for job, value, error in self.completions(jobs, deadline):
+            finished += 1
+            if error:
+                log.error("job %s failed: %s", job.id, error)
+                continue
+            outputs.update((output["key"], output) for output in value or [])
+        if finished < len(jobs):
+            log.warning(
+                "%d job(s) unfinished at the %.0f s deadline", len(jobs) - finished, deadline
+            )
         return [outputs.get(item["key"]) for item in items]
+
+    def cancel_queued(self, jobs: Sequence[Job]) -> int:
+        """Cancel jobs no worker has started; running ones finish. Returns how many."""
+        cancelled = 0
+        for job in Job.fetch_many([job.id for job in jobs], self.redis, serializer=JSONSerializer):
+            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
+                job.cancel()
+                cancelled += 1
+        return cancelled
 
     def _rescue_abandoned(self) -> None:
         """Requeue jobs whose worker stopped heartbeating (killed, machine lost)."""
@@ -177,5 +207,6 @@ class InlineDispatcher:
 
 
 def _last_line(job: Job) -> str:
-    text = (job.latest_result().exc_string if job.latest_result() else None) or ""
-    return text.strip().splitlines()[-1] if text.strip() else "unknown error"
+    result = job.latest_result()
+    text = (result.exc_string if result else None) or ""
+    return text.strip().splitlines()[-1] if text.strip() else f"job {job.get_status(refresh=False)}"

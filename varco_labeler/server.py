@@ -12,12 +12,13 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from varco_labeler.backend import Backend, BadRequest
+from varco_labeler.backend import Backend, BadRequest, Busy
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.queue import QueueUnavailable
 
@@ -91,10 +92,20 @@ def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
     def versions() -> dict[str, Any]:
         return backend.versions()
 
+    @app.exception_handler(Busy)
+    async def busy(_: Request, error: Busy) -> JSONResponse:
+        log.warning("%s", error)
+        return JSONResponse({"error": str(error)}, status_code=503, headers={"Retry-After": "5"})
+
     @app.post("/predict", dependencies=[guard])
-    def predict(body: PredictRequest) -> dict[str, Any]:
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        # Admission happens here, on the event loop, before a worker thread is taken: a flood
+        # of requests is refused at once instead of piling up behind the thread pool.
         context = body.params.context if body.params else None
-        return backend.predict(body.tasks, body.label_config, body.project, context)
+        with backend.admission(len(body.tasks)):
+            return await run_in_threadpool(
+                backend.predict, body.tasks, body.label_config, body.project, context
+            )
 
     @app.post("/webhook", dependencies=[guard])
     def webhook(body: WebhookRequest) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class Settings:
     batch_size: int = 8
     # /predict answers within this many seconds with what finished (Label Studio waits 100 s).
     predict_deadline: float = 80.0
+    # Tasks this backend accepts at once; more get 503 with Retry-After (back-pressure).
+    max_pending_tasks: int = 1000
     # A job running longer is killed; set it above the slowest batch.
     job_timeout: int = 600
     job_retries: int = 2
@@ -98,7 +100,13 @@ class Settings:
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if not 0 < self.port < 65536:
             raise SettingsError(f"port {self.port} is not a TCP port")
-        for name in ("batch_size", "job_timeout", "result_ttl", "max_image_bytes"):
+        for name in (
+            "batch_size",
+            "job_timeout",
+            "result_ttl",
+            "max_image_bytes",
+            "max_pending_tasks",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_ENV_NAMES[name]} must be positive")
         if self.predict_deadline <= 0:
@@ -123,6 +131,7 @@ _ENV_NAMES = {
     "port": "PORT",
     "batch_size": "VARCO_BATCH_SIZE",
     "predict_deadline": "VARCO_PREDICT_DEADLINE",
+    "max_pending_tasks": "VARCO_MAX_PENDING_TASKS",
     "job_timeout": "VARCO_JOB_TIMEOUT",
     "job_retries": "VARCO_JOB_RETRIES",
     "result_ttl": "VARCO_RESULT_TTL",

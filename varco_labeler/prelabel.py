@@ -1,0 +1,227 @@
+"""``varco-labeler prelabel``: pre-label a whole Label Studio project, or a folder of images.
+
+Label Studio's "Retrieve predictions" sends every selected task in one blocking request that it
+cuts at ~100 s. This goes around it: the tasks are batched into queue jobs, each job predicts its
+batch and pushes the predictions into the project with the SDK, and this command only watches.
+Tasks that already hold a prediction of this model version are skipped, so a second run does
+nothing and an interrupted run resumes; Ctrl-C cancels the jobs no worker has started.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from tqdm import tqdm
+
+from varco_labeler import jobs
+from varco_labeler.labelstudio import LabelMapper, prediction_from_varco, read_label_config
+from varco_labeler.queue import RQDispatcher, batches
+from varco_labeler.settings import Settings
+from varco_labeler.varco import Task, prompt_for
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        rate = self.done / self.seconds if self.seconds else 0.0
+        lines = [
+            f"done {self.done}, skipped {self.skipped} (already predicted), "
+            f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} tasks/s)"
+        ]
+        lines += [f"  task {task}: {reason}" for task, reason in list(self.failed.items())[:20]]
+        if len(self.failed) > 20:
+            lines.append(f"  ... and {len(self.failed) - 20} more")
+        if self.interrupted:
+            lines.append("interrupted: run the same command again to finish the rest")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which tasks of a project: all, unlabelled only, a Data Manager view, or given ids."""
+
+    unlabelled_only: bool = False
+    view: int | None = None
+    task_ids: frozenset[int] | None = None
+
+
+def select_tasks(
+    client: LabelStudio, project: int, model_version: str, selection: Selection
+) -> tuple[list[Any], int]:
+    """Tasks to pre-label, and how many selected ones already have this version's prediction."""
+    predicted = {
+        p.task for p in client.predictions.list(project=project) if p.model_version == model_version
+    }
+    chosen = [
+        task
+        for task in client.tasks.list(project=project, view=selection.view, fields="all")
+        if (selection.task_ids is None or task.id in selection.task_ids)
+        and not (selection.unlabelled_only and task.is_labeled)
+    ]
+    todo = [task for task in chosen if task.id not in predicted]
+    return todo, len(chosen) - len(todo)
+
+
+def prelabel_project(
+    settings: Settings, project: int, selection: Selection = Selection(), progress: bool = True
+) -> Summary:
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        raise ValueError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    started = time.monotonic()
+    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    config_xml = client.projects.get(id=project).label_config
+    config = read_label_config(config_xml)
+    kind = Task(settings.default_task) if settings.default_task else config.default_task
+    todo, skipped = select_tasks(client, project, settings.version, selection)
+    summary = Summary(skipped=skipped)
+    items = []
+    for task in todo:
+        image = (task.data or {}).get(config.data_key)
+        if isinstance(image, str) and image:
+            items.append(
+                {
+                    "key": str(task.id),
+                    "task_id": task.id,
+                    "image": image,
+                    "task": kind.value,
+                    "prompt": prompt_for(kind),
+                }
+            )
+        else:
+            summary.failed[str(task.id)] = f"no image in data[{config.data_key!r}]"
+    calls = [(project, config_xml, batch) for batch in batches(items, settings.batch_size)]
+    bar = tqdm(total=len(items), unit="task", desc=f"project {project}", disable=not progress)
+    try:
+        with bar, _interrupt_as_keyboard():
+            for outcome in _run(settings, calls):
+                _tally(summary, outcome)
+                bar.update(outcome["count"])
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _run(settings: Settings, calls: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
+    """Run prelabel jobs on the queue's workers, or in this process without Redis."""
+    if settings.embedded:
+        jobs.install(jobs.build_context(settings))
+        for project, config_xml, batch in calls:
+            yield {"count": len(batch), **_safely(project, config_xml, batch)}
+        return
+    dispatcher = RQDispatcher(settings)
+    submitted = dispatcher.submit(jobs.PRELABEL_BATCH, calls)
+    sizes = {job.id: len(args[2]) for job, args in zip(submitted, calls, strict=True)}
+    ids = {
+        job.id: [item["task_id"] for item in args[2]]
+        for job, args in zip(submitted, calls, strict=True)
+    }
+    try:
+        for job, value, error in dispatcher.completions(submitted):
+            if error:
+                yield {"count": sizes[job.id], "failed": {str(t): error for t in ids[job.id]}}
+            else:
+                yield {"count": sizes[job.id], **value}
+    except KeyboardInterrupt:
+        cancelled = dispatcher.cancel_queued(submitted)
+        log.warning("stopping: %d queued job(s) cancelled; running ones finish and push", cancelled)
+        raise
+
+
+def _safely(project: int, config_xml: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return jobs.prelabel_batch(project, config_xml, batch)
+    except Exception as error:  # one bad batch must not end a 10,000-task run
+        log.exception("batch of tasks %s failed", [item["task_id"] for item in batch])
+        return {"failed": {str(item["task_id"]): str(error) for item in batch}}
+
+
+def _tally(summary: Summary, outcome: dict[str, Any]) -> None:
+    summary.done += len(outcome.get("pushed", []))
+    summary.skipped += len(outcome.get("present", []))
+    summary.failed.update(outcome.get("failed", {}))
+
+
+@contextmanager
+def _interrupt_as_keyboard() -> Iterator[None]:
+    """Make SIGTERM stop a run the way Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def prelabel_folder(
+    settings: Settings,
+    folder: Path,
+    label_config: str,
+    url_prefix: str | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], Summary]:
+    """Pre-label image files with the model in this process; returns Label Studio import tasks.
+
+    Each task's image is ``url_prefix`` + the path relative to ``folder`` (for example
+    ``/data/local-files/?d=photos/``), or the absolute path without a prefix.
+    """
+    started = time.monotonic()
+    config = read_label_config(label_config)
+    mapper = LabelMapper(config.labels, config.aliases)
+    kind = Task(settings.default_task) if settings.default_task else config.default_task
+    folder = folder.resolve()
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    jobs.install(jobs.build_context(_with_root(settings, folder)))
+    tasks, summary = [], Summary()
+    with tqdm(total=len(paths), unit="image", desc=str(folder), disable=not progress) as bar:
+        for chunk in batches(paths, settings.batch_size):
+            items = [
+                {"key": str(p), "image": str(p), "task": kind.value, "prompt": prompt_for(kind)}
+                for p in chunk
+            ]
+            for path, output in zip(chunk, jobs.predict_batch(items), strict=True):
+                if "error" in output:
+                    summary.failed[str(path)] = output["error"]
+                    continue
+                reference = (
+                    (url_prefix + path.relative_to(folder).as_posix()) if url_prefix else str(path)
+                )
+                conversion = prediction_from_varco(
+                    output["raw"],
+                    kind,
+                    config,
+                    mapper,
+                    output["width"],
+                    output["height"],
+                    output["model_version"],
+                    scores=output["scores"],
+                    seed=reference,
+                )
+                tasks.append(
+                    {"data": {config.data_key: reference}, "predictions": [conversion.prediction]}
+                )
+                summary.done += 1
+            bar.update(len(chunk))
+    summary.seconds = time.monotonic() - started
+    return tasks, summary
+
+
+def _with_root(settings: Settings, folder: Path) -> Settings:
+    return replace(settings, local_image_roots=(*settings.local_image_roots, folder))
