@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything varco-labeler needs on a fresh machine, idempotently:
 #   a virtualenv in .venv, torch/torchvision, the package with its extras, and a Redis server.
+#   and Label Studio 1.23.2 in .ls-venv for the end-to-end tests (VARCO_SKIP_E2E=1 skips it).
 # Environment: PYTHON (interpreter, default python3.11 or python3), EXTRAS (default "worker,train,dev"),
 #   TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1"), REDIS_URL (default redis://127.0.0.1:6379/0).
 set -euo pipefail
@@ -34,6 +35,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 else
   say "Python packages up to date"
+fi
+
+# A real Label Studio in its own virtualenv (it pins old rq/redis), for tests/e2e.
+if [ "${VARCO_SKIP_E2E:-0}" != 1 ]; then
+  say "Label Studio 1.23.2 for the end-to-end tests (.ls-venv)"
+  bash scripts/install_label_studio.sh >/dev/null
 fi
 
 # A Redis server for the queue: use the one at REDIS_URL, or start a local one.

@@ -8,10 +8,10 @@ import time
 from collections import Counter
 
 import httpx
-from conftest import Processes, RedisProcess
 from helpers import CATS_CONFIG, labelstudio_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from processes import Processes, RedisProcess
 
 RED = "/data/local-files/?d=images/red.png"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TOKEN, Processes, RedisProcess
 from helpers import CATS_CONFIG, labelstudio_fixture
 from label_studio_sdk.label_interface import LabelInterface
+from processes import TOKEN, Processes, RedisProcess
 
 from varco_labeler.feedback.store import FeedbackStore
 

@@ -10,8 +10,8 @@ import time
 import zlib
 
 import httpx
-from conftest import Processes, RedisProcess, wait_until
 from helpers import CATS_CONFIG
+from processes import Processes, RedisProcess, wait_until
 from redis import Redis
 from rq import Queue, Worker
 from rq.job import Job

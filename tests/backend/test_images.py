@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import PERSONAL_TOKEN, TOKEN
 from PIL import Image
+from processes import PERSONAL_TOKEN, TOKEN
 
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher
 
