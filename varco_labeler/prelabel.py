@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -109,41 +109,75 @@ def prelabel_project(
             summary.failed[str(task.id)] = f"no image in data[{config.data_key!r}]"
     calls = [(project, config_xml, batch) for batch in batches(items, settings.batch_size)]
     bar = tqdm(total=len(items), unit="task", desc=f"project {project}", disable=not progress)
-    try:
-        with bar, _interrupt_as_keyboard():
-            for outcome in _run(settings, calls):
+    with bar, _interrupt_as_keyboard():
+        run = _InlineRun(settings, calls) if settings.embedded else _QueueRun(settings, calls)
+        try:
+            for outcome in run.outcomes():
                 _tally(summary, outcome)
                 bar.update(outcome["count"])
-    except KeyboardInterrupt:
-        summary.interrupted = True
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            with suppress(KeyboardInterrupt):
+                for outcome in run.stop():
+                    _tally(summary, outcome)
+                    bar.update(outcome["count"])
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _run(settings: Settings, calls: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
-    """Run prelabel jobs on the queue's workers, or in this process without Redis."""
-    if settings.embedded:
+class _InlineRun:
+    """Prelabel jobs run one after another in this process (no Redis)."""
+
+    def __init__(self, settings: Settings, calls: list[tuple[Any, ...]]) -> None:
         jobs.install(jobs.build_context(settings))
-        for project, config_xml, batch in calls:
+        self.calls = calls
+
+    def outcomes(self) -> Iterator[dict[str, Any]]:
+        while self.calls:
+            project, config_xml, batch = self.calls.pop(0)
             yield {"count": len(batch), **_safely(project, config_xml, batch)}
-        return
-    dispatcher = RQDispatcher(settings)
-    submitted = dispatcher.submit(jobs.PRELABEL_BATCH, calls)
-    sizes = {job.id: len(args[2]) for job, args in zip(submitted, calls, strict=True)}
-    ids = {
-        job.id: [item["task_id"] for item in args[2]]
-        for job, args in zip(submitted, calls, strict=True)
-    }
-    try:
-        for job, value, error in dispatcher.completions(submitted):
+
+    def stop(self) -> Iterator[dict[str, Any]]:
+        return iter(())  # the batch being run when Ctrl-C came was abandoned before its push
+
+
+class _QueueRun:
+    """Prelabel jobs on the queue's workers; this process only watches them finish."""
+
+    def __init__(self, settings: Settings, calls: list[tuple[Any, ...]]) -> None:
+        self.dispatcher = RQDispatcher(settings)
+        submitted = self.dispatcher.submit(jobs.PRELABEL_BATCH, calls)
+        self.task_ids = {
+            job.id: [item["task_id"] for item in args[2]]
+            for job, args in zip(submitted, calls, strict=True)
+        }
+        self.open = {job.id: job for job in submitted}
+
+    def outcomes(self, waiting: list[Any] | None = None) -> Iterator[dict[str, Any]]:
+        for job, value, error in self.dispatcher.completions(waiting or list(self.open.values())):
+            del self.open[job.id]
+            ids = self.task_ids[job.id]
             if error:
-                yield {"count": sizes[job.id], "failed": {str(t): error for t in ids[job.id]}}
+                yield {"count": len(ids), "failed": {str(t): error for t in ids}}
             else:
-                yield {"count": sizes[job.id], **value}
-    except KeyboardInterrupt:
-        cancelled = dispatcher.cancel_queued(submitted)
-        log.warning("stopping: %d queued job(s) cancelled; running ones finish and push", cancelled)
-        raise
+                yield {"count": len(ids), **value}
+
+    def stop(self) -> Iterator[dict[str, Any]]:
+        """Cancel the jobs no worker has started, then wait for the running ones to push.
+
+        Waiting means a run restarted right after cannot race them into duplicates.
+        """
+        cancelled = self.dispatcher.cancel_queued(list(self.open.values()))
+        for job_id in cancelled:
+            del self.open[job_id]
+        log.warning(
+            "stopping: %d queued job(s) cancelled; waiting for %d running job(s) to push their "
+            "predictions (Ctrl-C again to stop waiting)",
+            len(cancelled),
+            len(self.open),
+        )
+        if self.open:
+            yield from self.outcomes(list(self.open.values()))
 
 
 def _safely(project: int, config_xml: str, batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -131,13 +131,13 @@ class RQDispatcher:
             )
         return [outputs.get(item["key"]) for item in items]
 
-    def cancel_queued(self, jobs: Sequence[Job]) -> int:
-        """Cancel jobs no worker has started; running ones finish. Returns how many."""
-        cancelled = 0
+    def cancel_queued(self, jobs: Sequence[Job]) -> list[str]:
+        """Cancel jobs no worker has started (running ones go on); returns their ids."""
+        cancelled = []
         for job in Job.fetch_many([job.id for job in jobs], self.redis, serializer=JSONSerializer):
             if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
                 job.cancel()
-                cancelled += 1
+                cancelled.append(job.id)
         return cancelled
 
     def _rescue_abandoned(self) -> None:

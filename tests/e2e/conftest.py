@@ -111,7 +111,7 @@ def start_service(
     name: str, url: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path
 ) -> Service:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:  # appended: a restarted server keeps one log
         process = subprocess.Popen(
             argv,
             env=env,
@@ -150,6 +150,26 @@ class LabelStudioServer:
     token: str
     document_root: Path
     start_seconds: float
+    argv: list[str]
+    env: dict[str, str]
+    root: Path
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def start(self) -> float:
+        """Start it again on the same port and data (after :meth:`stop`); returns seconds."""
+        self.service = start_service(
+            "Label Studio",
+            self.service.url,
+            self.argv,
+            self.env,
+            self.root / "label-studio.log",
+            self.root,
+        )
+        seconds = self.service.wait_healthy(LS_START_TIMEOUT)
+        _wait_for_token(self.service.url, self.service)
+        return seconds
 
     @property
     def url(self) -> str:
@@ -249,13 +269,14 @@ def label_studio(
     ]
     url = f"http://127.0.0.1:{port}"
     service = start_service("Label Studio", url, argv, env, root / "label-studio.log", root)
+    server = LabelStudioServer(service, LS_TOKEN, document_root, 0.0, argv, env, root)
     try:
-        seconds = service.wait_healthy(LS_START_TIMEOUT)
+        server.start_seconds = service.wait_healthy(LS_START_TIMEOUT)
         _wait_for_token(service.url, service)
-        print(f"\n[e2e] Label Studio up at {service.url} in {seconds:.1f} s", file=sys.stderr)
-        yield LabelStudioServer(service, LS_TOKEN, document_root, seconds)
+        print(f"\n[e2e] Label Studio up at {url} in {server.start_seconds:.1f} s", file=sys.stderr)
+        yield server
     finally:
-        service.stop()
+        server.service.stop()
 
 
 def _wait_for_token(url: str, service: Service, timeout: float = 30.0) -> None:
@@ -299,21 +320,26 @@ class BackendServer:
 
 
 @pytest.fixture(scope="session")
-def backend(
-    label_studio: LabelStudioServer, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BackendServer]:
-    root = tmp_path_factory.mktemp("backend")
-    model_dir = root / "model-dir"
-    port = free_port()
-    env = _base_env() | {
+def our_env(label_studio: LabelStudioServer, tiny_model: Path) -> dict[str, str]:
+    """The environment of our processes (backend, workers, prelabel) for this Label Studio."""
+    return _base_env() | {
         "VARCO_MODEL": str(tiny_model),
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
-        "MODEL_DIR": str(model_dir),
         "LOG_LEVEL": "INFO",
         # Two cores: torch's default threads only fight the Label Studio process.
         "OMP_NUM_THREADS": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def backend(
+    our_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackendServer]:
+    root = tmp_path_factory.mktemp("backend")
+    model_dir = root / "model-dir"
+    port = free_port()
+    env = our_env | {"MODEL_DIR": str(model_dir)}
     argv = [str(BIN / "varco-labeler"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     service = start_service("varco-labeler serve", url, argv, env, root / "backend.log", root)

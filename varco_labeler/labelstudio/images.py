@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
+import time
 from pathlib import Path
 from typing import IO
 from urllib.parse import ParseResult, unquote, urlparse
 
 import httpx
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 # Pillow's own bomb guard warns at ~89 Mpx and raises at twice that; we refuse at a set size.
 MAX_PIXELS = 100_000_000
@@ -152,10 +156,27 @@ class ImageFetcher:
         return {"Authorization": f"Bearer {self._bearer}"}
 
     def _download(self, url: str, headers: dict[str, str]) -> bytes:
+        """GET with a size cap; a dropped connection or a 502-504 (a server restarting) is
+        retried with backoff, a slow answer is not (it would only multiply the wait)."""
+        delay = _RETRY_BACKOFF
+        for attempt in range(1, _RETRY_ATTEMPTS + 1):
+            try:
+                return self._get(url, headers)
+            except _Transient as error:
+                if attempt == _RETRY_ATTEMPTS:
+                    raise ImageError(f"{url}: {error} after {attempt} attempts") from error
+                log.warning("%s: %s; retrying in %.0f s", url, error, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _get(self, url: str, headers: dict[str, str]) -> bytes:
         try:
             with self._client.stream("GET", url, headers=headers) as response:
                 if response.status_code == 401 and headers:
                     return _UNAUTHORIZED
+                if response.status_code in (502, 503, 504):
+                    raise _Transient(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise ImageError(f"{url}: HTTP {response.status_code}")
                 declared = int(response.headers.get("content-length") or 0)
@@ -168,6 +189,8 @@ class ImageFetcher:
                         raise ImageError(f"{url}: over {self.max_bytes:,} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
+            raise _Transient(f"cannot connect ({type(error).__name__})") from error
         except httpx.HTTPError as error:
             raise ImageError(f"{url}: cannot download ({type(error).__name__}: {error})") from error
 
@@ -190,6 +213,13 @@ class ImageFetcher:
 
 
 _CLOUD_SCHEMES = frozenset({"s3", "gs", "azure-blob", "gcs"})
+_RETRY_ATTEMPTS, _RETRY_BACKOFF = 4, 1.0
+
+
+class _Transient(Exception):
+    """A failure worth retrying: the server is restarting or the connection dropped."""
+
+
 _UNAUTHORIZED = b"\x00unauthorized"  # a sentinel no real image starts with
 
 

@@ -1,0 +1,170 @@
+"""``varco-labeler prelabel`` against a real Label Studio, through Redis and two real workers.
+
+A whole project is pre-labelled without Label Studio's one blocking /predict request; a second
+run does nothing; an interrupted run resumes; Label Studio going down while predictions are pushed
+loses and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from processes import Processes, RedisProcess, wait_until
+
+BIN = Path(sys.executable).parent
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="Cat"/><Label value="Dog"/>
+  </RectangleLabels>
+</View>"""
+# The colours engine.tiny taught the model: red -> one cat, blue -> two dogs.
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+EXPECTED = {"red": ["Cat"], "blue": ["Dog", "Dog"]}
+
+
+@pytest.fixture(scope="module")
+def queue(our_env, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """Redis and two workers ("GPUs"); yields the Redis URL and the environment to run with."""
+    root = tmp_path_factory.mktemp("prelabel")
+    redis = RedisProcess(root)
+    redis.start()
+    processes = Processes(our_env | {"MODEL_DIR": str(root / "model-dir")}, root)
+    try:
+        for name in ("gpu-a", "gpu-b"):
+            processes.worker(redis.url, name)
+        yield redis.url, our_env | {"REDIS_URL": redis.url}
+    finally:
+        processes.stop_all()
+        redis.stop()
+
+
+def make_project(label_studio, ls_client, title: str, count: int) -> int:
+    """A project of ``count`` local-file tasks, alternating red and blue images."""
+    project = ls_client.projects.create(title=title, label_config=CONFIG)
+    folder = label_studio.document_root / f"prelabel-{project.id}"
+    folder.mkdir()
+    for name, colour in COLOURS.items():
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 40), colour).save(buffer, format="PNG")
+        (folder / f"{name}.png").write_bytes(buffer.getvalue())
+    # The storage lets Label Studio serve the folder; the tasks are imported, not synced.
+    ls_client.import_storage.local.create(
+        project=project.id, path=str(folder), use_blob_urls=True, title="images"
+    )
+    rel = folder.relative_to(label_studio.document_root)
+    tasks = [
+        {"data": {"image": f"/data/local-files/?d={rel}/{('red', 'blue')[i % 2]}.png"}}
+        for i in range(count)
+    ]
+    ls_client.projects.import_tasks(id=project.id, request=tasks)
+    return project.id
+
+
+def predictions(ls_client, project: int) -> list[Any]:
+    return list(ls_client.predictions.list(project=project))
+
+
+def check_complete(ls_client, project: int, count: int, version: str) -> None:
+    """Every task has exactly one prediction of ``version``, with the right labels."""
+    found = predictions(ls_client, project)
+    per_task = Counter(p.task for p in found)
+    assert len(per_task) == count, f"{count - len(per_task)} task(s) without a prediction"
+    assert set(per_task.values()) == {1}, "a task got more than one prediction"
+    tasks = {t.id: t for t in ls_client.tasks.list(project=project, fields="all")}
+    for prediction in found:
+        assert prediction.model_version == version
+        colour = "red" if "red.png" in tasks[prediction.task].data["image"] else "blue"
+        labels = [item["value"]["rectanglelabels"][0] for item in prediction.result]
+        assert labels == EXPECTED[colour]
+
+
+def prelabel(env: dict[str, str], project: int, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "varco-labeler"), "prelabel", "--project", str(project), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+
+def test_a_project_of_200_tasks_is_prelabelled_then_a_second_run_does_nothing(
+    label_studio, ls_client, queue, tiny_model
+):
+    _, env = queue
+    project = make_project(label_studio, ls_client, "prelabel 200", 200)
+    started = time.monotonic()
+    code, stderr = finish(prelabel(env, project))
+    elapsed = time.monotonic() - started
+    assert code == 0, stderr
+    assert "done 200, skipped 0 (already predicted), failed 0" in stderr
+    check_complete(ls_client, project, 200, tiny_model.name)
+    print(f"\n[e2e] prelabel of 200 tasks with 2 workers: {elapsed:.1f} s", file=sys.stderr)
+
+    code, stderr = finish(prelabel(env, project))
+    assert code == 0, stderr
+    assert "done 0, skipped 200 (already predicted), failed 0" in stderr
+    assert len(predictions(ls_client, project)) == 200
+
+
+def test_an_interrupted_run_resumes_without_losing_or_duplicating(
+    label_studio, ls_client, queue, tiny_model
+):
+    _, env = queue
+    project = make_project(label_studio, ls_client, "prelabel interrupted", 200)
+    running = prelabel(env | {"VARCO_BATCH_SIZE": "4"}, project)
+    wait_until(lambda: len(predictions(ls_client, project)) >= 20, 120, "the first predictions")
+    running.send_signal(signal.SIGINT)
+    code, stderr = finish(running, timeout=60)
+    assert code == 130, stderr
+    assert "interrupted: run the same command again to finish the rest" in stderr
+    first = len(predictions(ls_client, project))
+    assert 20 <= first < 200
+
+    code, stderr = finish(prelabel(env, project))
+    assert code == 0, stderr
+    assert f"done {200 - first}, skipped {first} (already predicted), failed 0" in stderr
+    check_complete(ls_client, project, 200, tiny_model.name)
+
+
+def test_label_studio_down_while_pushing_loses_and_duplicates_nothing(
+    label_studio, ls_client, queue, tiny_model
+):
+    _, env = queue
+    project = make_project(label_studio, ls_client, "prelabel outage", 60)
+    running = prelabel(env | {"VARCO_BATCH_SIZE": "2"}, project)
+    wait_until(lambda: len(predictions(ls_client, project)) >= 6, 120, "the first predictions")
+    label_studio.stop()
+    time.sleep(3)
+    restart_seconds = label_studio.start()
+    code, stderr = finish(running)
+    assert code == 0, stderr
+    assert "failed 0" in stderr
+    check_complete(ls_client, project, 60, tiny_model.name)
+    print(f"\n[e2e] Label Studio was down ~{3 + restart_seconds:.0f} s mid-push", file=sys.stderr)
+
+
+def test_prelabel_without_redis_runs_the_model_in_process(
+    label_studio, ls_client, our_env, tiny_model
+):
+    project = make_project(label_studio, ls_client, "prelabel embedded", 10)
+    code, stderr = finish(prelabel(our_env, project))
+    assert code == 0, stderr
+    assert "done 10, skipped 0 (already predicted), failed 0" in stderr
+    check_complete(ls_client, project, 10, tiny_model.name)

@@ -1,0 +1,362 @@
+"""Fine-tune a VARCO-VISION checkpoint on an exported feedback set (``trl-sft`` or ``trl-dpo``).
+
+TRL's SFTTrainer / DPOTrainer with a LoRA adapter on the language model by default. The result
+is a directory the engine loads like any checkpoint, and a new model version, so that the report
+can compare the trained model's pre-labels with the old one's:
+
+    out_dir/adapter/             the LoRA adapter (PEFT format), when trained with LoRA
+    out_dir/model/               the merged full model and its processor (left padding)
+    out_dir/train_summary.json   what was trained on, how, and the new model version
+
+One process on one device (a GPU, or the CPU); needs the ``train`` extra (trl, peft).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+METHODS = ("sft", "dpo")
+_FORMAT_OF = {"sft": "trl-sft", "dpo": "trl-dpo"}
+_COLUMNS = {
+    "sft": {"images", "prompt", "completion"},
+    "dpo": {"images", "prompt", "chosen", "rejected"},
+}
+# The language model's attention and MLP projections (Qwen2 and Qwen3 name them alike). A regex,
+# because a plain list of names would also match the SigLIP tower's q_proj/k_proj/v_proj.
+DEFAULT_TARGET_MODULES = (
+    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+# Per method, with LoRA / full fine-tuning: LoRA needs a ~10x larger step; DPO moves a trained
+# policy and wants far smaller steps than SFT (TRL's own DPO default is 1e-6).
+_LEARNING_RATES = {
+    ("sft", True): 2e-4,
+    ("sft", False): 2e-5,
+    ("dpo", True): 5e-6,
+    ("dpo", False): 1e-6,
+}
+SUMMARY_FILE = "train_summary.json"
+
+
+class TrainError(ValueError):
+    """The dataset or the options cannot be trained on; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    model_version: str
+    method: str
+    base_model: str
+    dataset_dir: str
+    lora: bool
+    train_examples: int
+    validation_examples: int
+    steps: int
+    epochs: float
+    final_loss: float | None  # the last logged training loss
+    train_loss: float | None  # mean over the run, as the trainer reports it
+    eval_loss: float | None  # on the validation split, when the export has one
+    seconds: float
+    model_dir: str
+    adapter_dir: str | None
+    created_at: str
+    hyperparameters: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train(
+    dataset_dir: Path,
+    base_model: str | Path,
+    out_dir: Path,
+    *,
+    method: str | None = None,
+    lora: bool = True,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    target_modules: str | list[str] | None = None,
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    learning_rate: float | None = None,
+    batch_size: int = 1,
+    gradient_accumulation: int = 8,
+    beta: float = 0.1,
+    max_length: int | None = None,
+    bf16: bool | None = None,
+    gradient_checkpointing: bool | None = None,
+    logging_steps: int = 10,
+    save_steps: int | None = None,
+    seed: int = 0,
+    model_version: str | None = None,
+) -> TrainSummary:
+    """Train ``base_model`` on the export in ``dataset_dir`` and write ``out_dir`` (see module).
+
+    ``method``: ``sft`` or ``dpo``; by default the one the export was made for. ``target_modules``:
+    a regex (full match, PEFT's rule) or a list of module names (matched anywhere, the vision tower
+    included); the default is the language model's projections. Full fine-tuning (``lora=False``)
+    keeps the vision tower frozen too. ``learning_rate`` defaults per method and LoRA (see
+    ``_LEARNING_RATES``). ``max_length`` None never truncates: a cut sequence could lose image
+    tokens. ``bf16`` and ``gradient_checkpointing`` default to on with CUDA. ``save_steps`` keeps
+    checkpoints under ``out_dir/checkpoints``. ``model_version`` defaults to
+    ``{base name}+{method}-{hash of the data and the recipe}``.
+    """
+    import torch
+
+    started = time.perf_counter()
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    files = _train_files(dataset_dir)
+    method = method or _method_of(dataset_dir, files)
+    if method not in METHODS:
+        raise TrainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if lora and lora_r < 1:
+        raise TrainError("lora_r must be at least 1")
+    cuda = torch.cuda.is_available()
+    bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    gradient_checkpointing = cuda if gradient_checkpointing is None else gradient_checkpointing
+    learning_rate = learning_rate or _LEARNING_RATES[(method, lora)]
+    hyperparameters: dict[str, Any] = {
+        "lora_r": lora_r if lora else None,
+        "lora_alpha": lora_alpha if lora else None,
+        "lora_dropout": lora_dropout if lora else None,
+        "target_modules": (target_modules or DEFAULT_TARGET_MODULES) if lora else None,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "gradient_accumulation": gradient_accumulation,
+        "beta": beta if method == "dpo" else None,
+        "max_length": max_length,
+        "bf16": bf16,
+        "seed": seed,
+    }
+    version = model_version or _default_version(base_model, method, lora, files, hyperparameters)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The datasets cache only has to outlive this run; keep it out of the output.
+    with tempfile.TemporaryDirectory(prefix="varco-train-") as cache:
+        splits = _load_splits(dataset_dir, files, method, cache)
+        train_set, eval_set = splits["train"], splits.get("validation")
+        steps_per_epoch = math.ceil(len(train_set) / (batch_size * gradient_accumulation))
+        total_steps = max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
+        trainer = _trainer(
+            method=method,
+            base_model=base_model,
+            train_set=train_set,
+            eval_set=eval_set,
+            peft_config=_lora_config(lora_r, lora_alpha, lora_dropout, target_modules)
+            if lora
+            else None,
+            args={
+                "output_dir": str(out_dir / "checkpoints"),
+                "num_train_epochs": epochs,
+                "max_steps": max_steps,
+                "learning_rate": learning_rate,
+                "per_device_train_batch_size": batch_size,
+                "per_device_eval_batch_size": batch_size,
+                "gradient_accumulation_steps": gradient_accumulation,
+                "bf16": bf16,
+                "gradient_checkpointing": gradient_checkpointing,
+                "max_length": max_length,
+                "logging_steps": max(1, min(logging_steps, total_steps)),
+                "save_strategy": "steps" if save_steps else "no",
+                "save_steps": save_steps or 500,
+                "seed": seed,
+                "report_to": [],
+                **({"beta": beta} if method == "dpo" else {}),
+            },
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
+        result = trainer.train()
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+        model_dir, adapter_dir = _save(trainer, base_model, out_dir, lora)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = TrainSummary(
+        model_version=version,
+        method=method,
+        base_model=str(base_model),
+        dataset_dir=str(dataset_dir),
+        lora=lora,
+        train_examples=len(train_set),
+        validation_examples=len(eval_set) if eval_set is not None else 0,
+        steps=result.global_step,
+        epochs=float(trainer.state.epoch or 0.0),
+        final_loss=float(losses[-1]) if losses else None,
+        train_loss=float(result.training_loss),
+        eval_loss=float(eval_loss) if eval_loss is not None else None,
+        seconds=round(time.perf_counter() - started, 2),
+        model_dir=str(model_dir),
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        hyperparameters=hyperparameters,
+    )
+    text = json.dumps(summary.to_json(), indent=1, ensure_ascii=False)
+    (out_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
+    # A copy travels with the model directory, so a copied model still says what it is.
+    (model_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
+    log.info("trained %s in %.0f s: %d steps", version, summary.seconds, summary.steps)
+    return summary
+
+
+# -- the dataset -----------------------------------------------------------------------------
+def _train_files(dataset_dir: Path) -> dict[str, list[Path]]:
+    """The export's Parquet files by split; a clear error for anything that is not one."""
+    if not dataset_dir.is_dir():
+        raise TrainError(f"{dataset_dir}: no such directory")
+    files = {
+        split: sorted((dataset_dir / "data").glob(f"{split}-*.parquet"))
+        for split in ("train", "validation")
+    }
+    if not files["train"]:
+        fmt = _export_format(dataset_dir)
+        what = f"a {fmt} export" if fmt else "not an export of varco-labeler"
+        raise TrainError(
+            f"{dataset_dir}: {what}, with no data/train-*.parquet; train on a trl-sft or trl-dpo "
+            "export (varco-labeler export SOURCE --format trl-sft|trl-dpo --out DIR)"
+        )
+    return {split: paths for split, paths in files.items() if paths}
+
+
+def _export_format(dataset_dir: Path) -> str | None:
+    try:
+        summary = json.loads((dataset_dir / "export_summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary.get("format") if isinstance(summary, dict) else None
+
+
+def _method_of(dataset_dir: Path, files: dict[str, list[Path]]) -> str:
+    """The method an export was made for: from its summary, else from its columns."""
+    fmt = _export_format(dataset_dir)
+    for method, fmt_name in _FORMAT_OF.items():
+        if fmt == fmt_name:
+            return method
+    import pyarrow.parquet as pq
+
+    columns = set(pq.read_schema(files["train"][0]).names)
+    for method, wanted in _COLUMNS.items():
+        if columns == wanted:
+            return method
+    raise TrainError(
+        f"{dataset_dir}: columns {sorted(columns)} are neither trl-sft "
+        f"{sorted(_COLUMNS['sft'])} nor trl-dpo {sorted(_COLUMNS['dpo'])}"
+    )
+
+
+def _load_splits(
+    dataset_dir: Path, files: dict[str, list[Path]], method: str, cache: str
+) -> dict[str, Any]:
+    from datasets import load_dataset
+
+    splits = load_dataset(
+        "parquet",
+        data_files={split: [str(p) for p in paths] for split, paths in files.items()},
+        cache_dir=cache,
+    )
+    columns = set(splits["train"].column_names)
+    if columns != _COLUMNS[method]:
+        other = next(m for m in METHODS if m != method)
+        hint = (
+            f"; it is a {_FORMAT_OF[other]} export: use method {other}"
+            if (columns == _COLUMNS[other])
+            else ""
+        )
+        raise TrainError(
+            f"{dataset_dir}: {method} needs a {_FORMAT_OF[method]} export with columns "
+            f"{sorted(_COLUMNS[method])}, found {sorted(columns)}{hint}"
+        )
+    if len(splits["train"]) == 0:
+        raise TrainError(f"{dataset_dir}: the train split is empty")
+    return dict(splits)
+
+
+def _default_version(
+    base_model: str | Path,
+    method: str,
+    lora: bool,
+    files: dict[str, list[Path]],
+    hyperparameters: dict[str, Any],
+) -> str:
+    """``{base name}+{method}-{8 hex}``: the same data and recipe give the same version."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(base_model), method, lora, hyperparameters]).encode())
+    for path in (p for paths in files.values() for p in paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    base_name = Path(str(base_model).rstrip("/")).name
+    return f"{base_name}+{method}-{digest.hexdigest()[:8]}"
+
+
+# -- the trainer -----------------------------------------------------------------------------
+def _lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[str] | None) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or DEFAULT_TARGET_MODULES,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _trainer(
+    *,
+    method: str,
+    base_model: str | Path,
+    train_set: Any,
+    eval_set: Any,
+    peft_config: Any,
+    args: dict[str, Any],
+    dtype: Any,
+) -> Any:
+    import trl
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+    if peft_config is None:
+        # Full fine-tuning updates the language model and the projector; the vision tower stays.
+        for name, parameter in model.named_parameters():
+            if "vision_tower" in name:
+                parameter.requires_grad = False
+    config_class, trainer_class = (
+        (trl.SFTConfig, trl.SFTTrainer) if method == "sft" else (trl.DPOConfig, trl.DPOTrainer)
+    )
+    return trainer_class(
+        model=model,
+        args=config_class(**args),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=AutoProcessor.from_pretrained(base_model),
+        peft_config=peft_config,
+    )
+
+
+def _save(
+    trainer: Any, base_model: str | Path, out_dir: Path, lora: bool
+) -> tuple[Path, Path | None]:
+    from transformers import AutoProcessor
+
+    model_dir, adapter_dir = out_dir / "model", None
+    model = trainer.model
+    if lora:
+        adapter_dir = out_dir / "adapter"
+        model.save_pretrained(adapter_dir)
+        model = model.merge_and_unload()
+    model.save_pretrained(model_dir)
+    # A fresh processor, as the base model has it, with the left padding batched generation needs
+    # (the published 14B-HF tokenizer does not set it).
+    processor = AutoProcessor.from_pretrained(base_model)
+    processor.tokenizer.padding_side = "left"
+    processor.save_pretrained(model_dir)
+    return model_dir, adapter_dir
