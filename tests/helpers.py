@@ -34,3 +34,6 @@ CATS_CONFIG = """<View>
     <Label value="Cat"/><Label value="Remote"/>
   </RectangleLabels>
 </View>"""
+
+# The labels of the tiny model's taught answers: a red image shows a cat, a blue one two dogs.
+CAT_DOG_CONFIG = CATS_CONFIG.replace('<Label value="Remote"/>', '<Label value="Dog"/>')

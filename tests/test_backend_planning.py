@@ -6,7 +6,7 @@ checked on its own; the real queue and engine are exercised in tests/backend.
 
 from __future__ import annotations
 
-from helpers import CATS_CONFIG, labelstudio_fixture
+from helpers import CAT_DOG_CONFIG, CATS_CONFIG, labelstudio_fixture
 
 from varco_labeler.backend import PHRASE_PROMPT, Backend
 from varco_labeler.settings import Settings
@@ -32,7 +32,14 @@ class ScriptedDispatcher:
         if self.raw is None:
             return [None for _ in items]
         return [
-            {"key": i["key"], "raw": self.raw, "width": 640, "height": 480, "scores": self.scores}
+            {
+                "key": i["key"],
+                "raw": self.raw,
+                "width": 640,
+                "height": 480,
+                "scores": self.scores,
+                "model_version": "scripted",
+            }
             for i in items
         ]
 
@@ -91,7 +98,7 @@ def test_drawn_rectangle_without_a_textarea_takes_the_label_the_answer_names():
         ]
     }
     backend, _ = _backend("This is a small brown dog.")
-    config = CATS_CONFIG.replace("Remote", "Dog")
+    config = CAT_DOG_CONFIG
     (prediction,) = backend.predict([{"id": 1, "data": {"image": "x.png"}}], config, None, context)[
         "results"
     ]

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.jobs import convert_output
 from varco_labeler.labelstudio import (
     LabelConfig,
     LabelMapper,
     box_from_rectangle,
     prediction_from_regions,
-    prediction_from_varco,
     read_label_config,
 )
 from varco_labeler.queue import Dispatcher
@@ -243,21 +243,11 @@ class Backend:
             return []
         self._count("predicted")
         width, height = output["width"], output["height"]
-        version = output.get("model_version") or self.model_version
+        version = output["model_version"]
         if work.drawn is not None:
             region = _answer_region(work.drawn, output["raw"], config, mapper)
             return prediction_from_regions([region], config, width, height, version)
-        conversion = prediction_from_varco(
-            output["raw"],
-            work.kind,
-            config,
-            mapper,
-            width,
-            height,
-            version,
-            scores=output.get("scores"),
-            seed=work.item["image"],
-        )
+        conversion = convert_output(output, work.kind, config, mapper, seed=work.item["image"])
         if options.min_score:
             kept = [
                 r for r in conversion.regions if r.score is None or r.score >= options.min_score

@@ -18,10 +18,10 @@ from typing import Any
 from redis import Redis
 
 from varco_labeler.engine.base import Engine, Request
-from varco_labeler.labelstudio.config import read_label_config
+from varco_labeler.labelstudio.config import LabelConfig, read_label_config
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher
 from varco_labeler.labelstudio.labels import LabelMapper
-from varco_labeler.labelstudio.predictions import prediction_from_varco
+from varco_labeler.labelstudio.predictions import Conversion, prediction_from_varco
 from varco_labeler.labelstudio.sink import PredictionSink
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
@@ -109,15 +109,7 @@ def build_context(settings: Settings, redis: Redis | None = None) -> JobContext:
         engine = TransformersEngine(
             settings.model, max_batch_size=settings.batch_size, model_version=settings.version
         )
-    fetcher = ImageFetcher(
-        label_studio_url=settings.label_studio_url,
-        api_key=settings.label_studio_api_key,
-        allowed_hosts=settings.allowed_image_hosts,
-        local_roots=settings.local_image_roots,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        timeout=settings.image_timeout,
-    )
+    fetcher = ImageFetcher.from_settings(settings)
     return JobContext(engine, fetcher, OutputCache(redis, ttl=settings.cache_ttl), settings)
 
 
@@ -164,6 +156,23 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [output for output in outputs if output is not None]
 
 
+def convert_output(
+    output: dict[str, Any], task: Task | str, config: LabelConfig, mapper: LabelMapper, seed: str
+) -> Conversion:
+    """A :func:`predict_batch` output as a Label Studio prediction for a project's config."""
+    return prediction_from_varco(
+        output["raw"],
+        task,
+        config,
+        mapper,
+        output["width"],
+        output["height"],
+        output["model_version"],
+        scores=output.get("scores"),
+        seed=seed,
+    )
+
+
 def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     """Predict a batch of a project's tasks and push the predictions to Label Studio in bulk.
 
@@ -181,17 +190,7 @@ def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]])
         if "error" in output:
             failed[str(item["task_id"])] = output["error"]
             continue
-        conversion = prediction_from_varco(
-            output["raw"],
-            item["task"],
-            config,
-            mapper,
-            output["width"],
-            output["height"],
-            output["model_version"],
-            scores=output["scores"],
-            seed=item["image"],
-        )
+        conversion = convert_output(output, item["task"], config, mapper, seed=item["image"])
         predictions.append({"task": item["task_id"], **conversion.prediction})
     sink = _context.label_studio()
     try:

@@ -22,7 +22,7 @@ from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
 from varco_labeler import jobs
-from varco_labeler.labelstudio import LabelMapper, prediction_from_varco, read_label_config
+from varco_labeler.labelstudio import LabelMapper, read_label_config
 from varco_labeler.queue import RQDispatcher, batches
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task, prompt_for
@@ -237,17 +237,7 @@ def prelabel_folder(
                 reference = (
                     (url_prefix + path.relative_to(folder).as_posix()) if url_prefix else str(path)
                 )
-                conversion = prediction_from_varco(
-                    output["raw"],
-                    kind,
-                    config,
-                    mapper,
-                    output["width"],
-                    output["height"],
-                    output["model_version"],
-                    scores=output["scores"],
-                    seed=reference,
-                )
+                conversion = jobs.convert_output(output, kind, config, mapper, seed=reference)
                 tasks.append(
                     {"data": {config.data_key: reference}, "predictions": [conversion.prediction]}
                 )

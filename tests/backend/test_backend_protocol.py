@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import CATS_CONFIG, labelstudio_fixture
+from helpers import CAT_DOG_CONFIG, CATS_CONFIG, labelstudio_fixture
 from label_studio_sdk.label_interface import LabelInterface
 from processes import TOKEN, Processes, RedisProcess
 
@@ -87,7 +87,7 @@ def test_captured_batch_predict_gives_ocr_regions_in_task_order(deployment):
 
 def test_grounding_config_maps_phrases_to_labels(deployment):
     url, _ = deployment
-    config = CATS_CONFIG.replace('<Label value="Remote"/>', '<Label value="Dog"/>')
+    config = CAT_DOG_CONFIG
     tasks = [
         {"id": 7, "data": {"image": "/data/local-files/?d=images/red.png"}},
         {"id": 8, "data": {"image": "/data/local-files/?d=images/blue.png"}},

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import CAT_DOG_CONFIG
 from PIL import Image
 
 # The fixtures' types (conftest.LabelStudioServer, conftest.BackendServer) are annotated as Any:
@@ -27,12 +28,7 @@ BackendServer = LabelStudioServer = Any
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 SIZE = (48, 40)  # engine.tiny.solid_image's default
 
-GROUNDING_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Cat"/><Label value="Dog"/>
-  </RectangleLabels>
-</View>"""
+GROUNDING_CONFIG = CAT_DOG_CONFIG
 
 OCR_CONFIG = """<View>
   <Image name="image" value="$image"/>

@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import CAT_DOG_CONFIG
 from PIL import Image
 from processes import Processes, RedisProcess, wait_until
 
 BIN = Path(sys.executable).parent
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Cat"/><Label value="Dog"/>
-  </RectangleLabels>
-</View>"""
 # The colours engine.tiny taught the model: red -> one cat, blue -> two dogs.
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 EXPECTED = {"red": ["Cat"], "blue": ["Dog", "Dog"]}
@@ -51,7 +46,7 @@ def queue(our_env, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
 
 def make_project(label_studio, ls_client, title: str, count: int) -> int:
     """A project of ``count`` local-file tasks, alternating red and blue images."""
-    project = ls_client.projects.create(title=title, label_config=CONFIG)
+    project = ls_client.projects.create(title=title, label_config=CAT_DOG_CONFIG)
     folder = label_studio.document_root / f"prelabel-{project.id}"
     folder.mkdir()
     for name, colour in COLOURS.items():

@@ -81,15 +81,7 @@ def run_export(
         project=project,
         stats=stats,
     )
-    fetcher = ImageFetcher(
-        label_studio_url=settings.label_studio_url,
-        api_key=settings.label_studio_api_key,
-        allowed_hosts=settings.allowed_image_hosts,
-        local_roots=settings.local_image_roots,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        timeout=settings.image_timeout,
-    )
+    fetcher = ImageFetcher.from_settings(settings)
     try:
         summary = export(examples, fmt, out_dir, val_fraction, seed, images=fetcher)
     finally:
@@ -122,3 +114,13 @@ def run_report(
     if out_html:
         out_html.write_text(render_html(report), encoding="utf-8")
     return report, render_table(report)
+
+
+def run_train(
+    dataset_dir: Path, base_model: str | Path, out_dir: Path, **options: Any
+) -> dict[str, Any]:
+    """Fine-tune ``base_model`` on a trl-sft / trl-dpo export; ``options`` are those of
+    :func:`varco_labeler.feedback.train.train`. Returns the training summary as JSON data."""
+    from varco_labeler.feedback.train import train  # needs the train extra (torch, trl, peft)
+
+    return train(dataset_dir, base_model, out_dir, **options).to_json()

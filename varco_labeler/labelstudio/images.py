@@ -6,11 +6,14 @@ import io
 import logging
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import ParseResult, unquote, urlparse
 
 import httpx
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from varco_labeler.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,18 @@ class ImageFetcher:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageFetcher:
+        return cls(
+            label_studio_url=settings.label_studio_url,
+            api_key=settings.label_studio_api_key,
+            allowed_hosts=settings.allowed_image_hosts,
+            local_roots=settings.local_image_roots,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            timeout=settings.image_timeout,
+        )
 
     def fetch(self, ref: str) -> tuple[Image.Image, bytes]:
         """The upright image and the raw bytes it was decoded from (for content hashing)."""
