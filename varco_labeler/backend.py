@@ -23,6 +23,7 @@ from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.jobs import convert_output
 from varco_labeler.labelstudio import (
     LabelConfig,
+    LabelConfigError,
     LabelMapper,
     box_from_rectangle,
     prediction_from_regions,
@@ -185,8 +186,6 @@ class Backend:
 
     # -- planning and conversion -----------------------------------------------------------
     def _config(self, xml: str) -> LabelConfig:
-        from varco_labeler.labelstudio import LabelConfigError
-
         try:
             return read_label_config(xml)
         except LabelConfigError as error:

@@ -153,7 +153,8 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             cache.put(cache_key, output)
             outputs[index] = {**head, **output, "cached": False}
-    return [output for output in outputs if output is not None]
+    assert all(output is not None for output in outputs)
+    return outputs  # type: ignore[return-value]
 
 
 def convert_output(
