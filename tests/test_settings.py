@@ -65,3 +65,12 @@ def test_commands_refuse_to_start_with_a_wrong_value(command):
     )
     assert done.returncode == 2
     assert "PORT='nine' is not a number" in done.stderr
+
+
+def test_a_trained_model_reports_the_version_train_gave_it(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    assert Settings(model=str(model)).version == "model"
+    (model / "train_summary.json").write_text('{"model_version": "tiny+sft-1a2b3c4d"}')
+    assert Settings(model=str(model)).version == "tiny+sft-1a2b3c4d"
+    assert Settings(model=str(model), model_version="pinned").version == "pinned"

@@ -132,6 +132,41 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from varco_labeler.feedback.commands import run_train
+    from varco_labeler.feedback.train import TrainError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run_train(
+            Path(args.dataset),
+            args.base_model,
+            Path(args.out),
+            method=args.method,
+            lora=not args.no_lora,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            target_modules=args.target_modules,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            learning_rate=args.lr,
+            batch_size=args.batch_size,
+            gradient_accumulation=args.grad_accum,
+            beta=args.beta,
+            max_length=args.max_length,
+            bf16=args.bf16,
+            gradient_checkpointing=args.gradient_checkpointing,
+            save_steps=args.save_steps,
+            seed=args.seed,
+            model_version=args.model_version,
+        )
+    except TrainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0
+
+
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
@@ -403,6 +438,70 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="how many tasks to list for review first (default: %(default)s)",
     )
     report.set_defaults(handler=_report)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a checkpoint on a trl-sft or trl-dpo export (LoRA by default)",
+        description="Fine-tune VARCO-VISION on an exported feedback set with TRL: SFTTrainer for "
+        "a trl-sft export, DPOTrainer for trl-dpo, with LoRA on the language model's attention "
+        "and MLP projections unless --no-lora (full fine-tuning; the vision tower stays frozen "
+        "either way). Writes OUT/adapter (the LoRA adapter), OUT/model (the merged model and its "
+        "processor: give it to --model or VARCO_MODEL) and OUT/train_summary.json (steps, "
+        "losses, dataset sizes and the new model version, e.g. VARCO-VISION-14B-HF+sft-1a2b3c4d). "
+        "Needs the train extra (pip install 'varco-labeler[train]'); real checkpoints need a GPU.",
+    )
+    train.add_argument("dataset", metavar="DATASET_DIR", help="a trl-sft or trl-dpo export")
+    train.add_argument("--base-model", required=True, help="checkpoint id or local path")
+    train.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    train.add_argument("--method", choices=["sft", "dpo"], help="default: the export's format")
+    train.add_argument("--no-lora", action="store_true", help="full fine-tuning instead of LoRA")
+    train.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: %(default)s)")
+    train.add_argument("--lora-alpha", type=int, default=32, help="default: %(default)s")
+    train.add_argument(
+        "--target-modules",
+        metavar="REGEX",
+        help="LoRA targets, a regex over full module names (default: the language "
+        "model's q/k/v/o and gate/up/down projections)",
+    )
+    train.add_argument("--epochs", type=float, default=1.0, help="default: %(default)s")
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=-1,
+        help="stop after N optimiser steps (overrides --epochs)",
+    )
+    train.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: 2e-4 SFT with LoRA, 2e-5 SFT full, 5e-6 DPO "
+        "with LoRA, 1e-6 DPO full)",
+    )
+    train.add_argument("--batch-size", type=int, default=1, help="per device (default: 1)")
+    train.add_argument(
+        "--grad-accum", type=int, default=8, help="gradient accumulation steps (default: 8)"
+    )
+    train.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
+    train.add_argument(
+        "--max-length",
+        type=int,
+        help="truncate longer sequences (default: never; a cut can lose image tokens)",
+    )
+    train.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, help="default: on with a CUDA GPU"
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        help="default: on with a CUDA GPU",
+    )
+    train.add_argument(
+        "--save-steps", type=int, help="keep a checkpoint every N steps in OUT/checkpoints"
+    )
+    train.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    train.add_argument(
+        "--model-version", help="default: BASE+METHOD-HASH of the base, the data and the recipe"
+    )
+    train.set_defaults(handler=_train)
 
     serve = commands.add_parser(
         "serve",

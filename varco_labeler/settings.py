@@ -66,7 +66,14 @@ class Settings:
 
     @property
     def version(self) -> str:
-        return self.model_version or Path(self.model.rstrip("/")).name
+        """VARCO_MODEL_VERSION, else the version ``train`` stamped on it, else the model's name."""
+        from varco_labeler.feedback.train import trained_model_version  # no torch at import
+
+        return (
+            self.model_version
+            or trained_model_version(self.model)
+            or Path(self.model.rstrip("/")).name
+        )
 
     @property
     def embedded(self) -> bool:

@@ -110,7 +110,7 @@ def train(
     ``_LEARNING_RATES``). ``max_length`` None never truncates: a cut sequence could lose image
     tokens. ``bf16`` and ``gradient_checkpointing`` default to on with CUDA. ``save_steps`` keeps
     checkpoints under ``out_dir/checkpoints``. ``model_version`` defaults to
-    ``{base name}+{method}-{hash of the data and the recipe}``.
+    ``{base name}+{method}-{hash of the base, the data and the recipe}``.
     """
     import torch
 
@@ -125,7 +125,8 @@ def train(
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
     gradient_checkpointing = cuda if gradient_checkpointing is None else gradient_checkpointing
-    learning_rate = learning_rate or _LEARNING_RATES[(method, lora)]
+    if learning_rate is None:
+        learning_rate = _LEARNING_RATES[(method, lora)]
     hyperparameters: dict[str, Any] = {
         "lora_r": lora_r if lora else None,
         "lora_alpha": lora_alpha if lora else None,
@@ -142,10 +143,10 @@ def train(
         "seed": seed,
     }
     version = model_version or _default_version(base_model, method, lora, files, hyperparameters)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # The datasets cache only has to outlive this run; keep it out of the output.
     with tempfile.TemporaryDirectory(prefix="varco-train-") as cache:
         splits = _load_splits(dataset_dir, files, method, cache)
+        out_dir.mkdir(parents=True, exist_ok=True)
         train_set, eval_set = splits["train"], splits.get("validation")
         steps_per_epoch = math.ceil(len(train_set) / (batch_size * gradient_accumulation))
         total_steps = max_steps if max_steps > 0 else math.ceil(epochs * steps_per_epoch)
@@ -170,7 +171,8 @@ def train(
                 "max_length": max_length,
                 "logging_steps": max(1, min(logging_steps, total_steps)),
                 "save_strategy": "steps" if save_steps else "no",
-                "save_steps": save_steps or 500,
+                **({"save_steps": save_steps} if save_steps else {}),
+                "use_cpu": not cuda,  # bf16 without CUDA is refused unless said explicitly
                 "seed": seed,
                 "report_to": [],
                 **({"beta": beta} if method == "dpo" else {}),
@@ -180,6 +182,9 @@ def train(
         result = trainer.train()
         eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
         model_dir, adapter_dir = _save(trainer, base_model, out_dir, lora)
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()  # the trainer makes it even when it saves nothing
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = TrainSummary(
         model_version=version,
@@ -206,6 +211,16 @@ def train(
     (model_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
     log.info("trained %s in %.0f s: %d steps", version, summary.seconds, summary.steps)
     return summary
+
+
+def trained_model_version(model: str | Path) -> str | None:
+    """The model version :func:`train` gave a model directory it wrote; None for any other."""
+    try:
+        summary = json.loads((Path(model) / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    version = summary.get("model_version") if isinstance(summary, dict) else None
+    return version if isinstance(version, str) and version else None
 
 
 # -- the dataset -----------------------------------------------------------------------------
@@ -266,11 +281,9 @@ def _load_splits(
     columns = set(splits["train"].column_names)
     if columns != _COLUMNS[method]:
         other = next(m for m in METHODS if m != method)
-        hint = (
-            f"; it is a {_FORMAT_OF[other]} export: use method {other}"
-            if (columns == _COLUMNS[other])
-            else ""
-        )
+        hint = ""
+        if columns == _COLUMNS[other]:
+            hint = f"; it is a {_FORMAT_OF[other]} export: use method {other}"
         raise TrainError(
             f"{dataset_dir}: {method} needs a {_FORMAT_OF[method]} export with columns "
             f"{sorted(_COLUMNS[method])}, found {sorted(columns)}{hint}"
@@ -287,9 +300,20 @@ def _default_version(
     files: dict[str, list[Path]],
     hyperparameters: dict[str, Any],
 ) -> str:
-    """``{base name}+{method}-{8 hex}``: the same data and recipe give the same version."""
+    """``{base name}+{method}-{8 hex}``: the same base, data and recipe give the same version.
+
+    A local base is identified by its files' names, sizes and times (hashing weights would take
+    minutes), so a base rebuilt at the same path gives a new version.
+    """
     digest = hashlib.sha256()
     digest.update(json.dumps([str(base_model), method, lora, hyperparameters]).encode())
+    base_dir = Path(base_model)
+    if base_dir.is_dir():
+        for path in sorted(p for p in base_dir.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(
+                f"{path.relative_to(base_dir)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            )
     for path in (p for paths in files.values() for p in paths):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
