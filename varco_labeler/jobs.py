@@ -19,7 +19,7 @@ from redis import Redis
 
 from varco_labeler.engine.base import Engine, Request
 from varco_labeler.labelstudio.config import LabelConfig, read_label_config
-from varco_labeler.labelstudio.images import ImageError, ImageFetcher
+from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.labelstudio.predictions import Conversion, prediction_from_varco
 from varco_labeler.labelstudio.sink import PredictionSink
@@ -131,7 +131,11 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             image, data = fetcher.fetch(item["image"])
         except ImageError as error:
             log.warning("task %s: %s", item["key"], error)
-            outputs[index] = {**head, "error": str(error)}
+            outputs[index] = {
+                **head,
+                "error": str(error),
+                "retryable": isinstance(error, ImageUnavailable),
+            }
             continue
         head.update(width=image.width, height=image.height, model_version=engine.model_version)
         cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
@@ -186,6 +190,11 @@ def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]])
     config = read_label_config(label_config)
     mapper = LabelMapper(config.labels, config.aliases)
     outputs = predict_batch(items)
+    unreachable = [output["error"] for output in outputs if output.get("retryable")]
+    if unreachable:
+        # The image server is down (a Label Studio restart?): fail the job so that RQ runs it
+        # again later, rather than report these tasks as failed for good.
+        raise RuntimeError(f"images unreachable, job to be retried: {unreachable[0]}")
     predictions, failed = [], {}
     for item, output in zip(items, outputs, strict=True):
         if "error" in output:

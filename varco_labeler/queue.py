@@ -140,6 +140,14 @@ class RQDispatcher:
                 cancelled.append(job.id)
         return cancelled
 
+    def started_or_done(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs a worker has taken (running, finished or failed)."""
+        taken = {JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED}
+        jobs = Job.fetch_many(list(job_ids), self.redis, serializer=JSONSerializer)
+        return {
+            job.id for job in jobs if job is not None and job.get_status(refresh=False) in taken
+        }
+
     def _rescue_abandoned(self) -> None:
         """Requeue jobs whose worker stopped heartbeating (killed, machine lost)."""
         if time.monotonic() - self._last_rescue < RESCUE_INTERVAL:

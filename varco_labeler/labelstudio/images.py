@@ -27,6 +27,10 @@ class ImageError(ValueError):
     """An image that cannot be used: unreadable, not an image, or too large."""
 
 
+class ImageUnavailable(ImageError):
+    """The image's server could not be reached even after retries: worth trying again later."""
+
+
 def open_image(
     source: str | Path | IO[bytes], max_pixels: int = MAX_PIXELS, name: str | None = None
 ) -> Image.Image:
@@ -179,7 +183,7 @@ class ImageFetcher:
                 return self._get(url, headers)
             except _Transient as error:
                 if attempt == _RETRY_ATTEMPTS:
-                    raise ImageError(f"{url}: {error} after {attempt} attempts") from error
+                    raise ImageUnavailable(f"{url}: {error} after {attempt} attempts") from error
                 log.warning("%s: %s; retrying in %.0f s", url, error, delay)
                 time.sleep(delay)
                 delay *= 2
@@ -228,7 +232,8 @@ class ImageFetcher:
 
 
 _CLOUD_SCHEMES = frozenset({"s3", "gs", "azure-blob", "gcs"})
-_RETRY_ATTEMPTS, _RETRY_BACKOFF = 4, 1.0
+# 1 + 2 + 4 + 8 + 16 s: rides out a Label Studio restart; a refused connection fails fast.
+_RETRY_ATTEMPTS, _RETRY_BACKOFF = 6, 1.0
 
 
 class _Transient(Exception):
