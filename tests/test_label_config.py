@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 from helpers import CATS_CONFIG, labelstudio_fixture
 
@@ -80,3 +83,56 @@ def test_configs_without_what_we_need_get_one_clear_error(xml, message):
 
 def test_cats_config_is_grounding():
     assert read_label_config(CATS_CONFIG).default_task is Task.GROUNDING
+
+
+@pytest.mark.parametrize(
+    ("kind", "task", "text_control"),
+    [
+        ("grounding", Task.GROUNDING, None),
+        ("ocr", Task.OCR, "transcription"),
+        ("referring", Task.OCR, "answer"),
+    ],
+)
+def test_printed_label_configs_are_what_the_backend_reads(kind, task, text_control):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "varco_labeler.cli",
+            "label-config",
+            kind,
+            "--labels",
+            'Cat,Dog "big"',
+            "--prompt-box",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    config = read_label_config(done.stdout)
+    assert config.labels == ("Cat", 'Dog "big"')
+    assert (config.default_task, config.text_control) == (task, text_control)
+    assert config.prompt_control == "prompt"
+
+
+BILLION_LAUGHS = (
+    """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY a "lollollollollollollollollollol">
+"""
+    + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">\n' for i in range(8))
+    + """]>
+<View><Image name="image" value="$image"/>
+<RectangleLabels name="l" toName="image"><Label value="&i;"/></RectangleLabels></View>"""
+)
+
+EXTERNAL_ENTITY = """<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<View><Image name="image" value="$image"/>
+<RectangleLabels name="l" toName="image"><Label value="&x;"/></RectangleLabels></View>"""
+
+
+@pytest.mark.parametrize("xml", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion-laughs", "xxe"])
+def test_malicious_label_configs_are_refused(xml):
+    # lxml stops the entity expansion and never reads the external file.
+    with pytest.raises(LabelConfigError, match="not valid XML"):
+        read_label_config(xml)

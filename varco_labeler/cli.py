@@ -167,6 +167,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_config(args: argparse.Namespace) -> int:
+    from varco_labeler.labelstudio.templates import label_config
+
+    labels = [label.strip() for label in (args.labels or "").split(",") if label.strip()]
+    print(label_config(args.kind, labels, prompt_box=args.prompt_box), end="")
+    return 0
+
+
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source",
@@ -310,6 +318,26 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="list every dropped item, not just a count per line",
     )
     convert.set_defaults(handler=_convert)
+
+    config = commands.add_parser(
+        "label-config",
+        help="print a Label Studio label config for grounding, OCR or referring",
+        description="Print a label config to paste into Label Studio (project Settings > "
+        "Labeling Interface > Code). grounding: labelled boxes; ocr: boxes with a per-region "
+        "transcription (the backend runs OCR for it); referring: draw a box in interactive mode "
+        "and the model's answer about it lands in the region's text box (set extra_params "
+        '{"task": "grounding"} to pre-label such a project in bulk).',
+    )
+    config.add_argument("kind", choices=["grounding", "ocr", "referring"])
+    config.add_argument(
+        "--labels", metavar="A,B,...", help="box labels (default: Object; Text,Handwriting; Region)"
+    )
+    config.add_argument(
+        "--prompt-box",
+        action="store_true",
+        help="add a text box where a typed phrase is grounded (interactive)",
+    )
+    config.set_defaults(handler=_label_config)
 
     predict = commands.add_parser(
         "predict",
