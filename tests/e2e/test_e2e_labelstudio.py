@@ -12,7 +12,11 @@ with EXIT (varco_labeler.engine.tiny).
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +27,8 @@ from PIL import Image
 # The fixtures' types (conftest.LabelStudioServer, conftest.BackendServer) are annotated as Any:
 # a conftest outside a package cannot be imported by name.
 BackendServer = LabelStudioServer = Any
+
+BIN = Path(sys.executable).parent
 
 # The colours engine.tiny taught the model (copied so the helpers need not import torch).
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -396,6 +402,48 @@ def test_annotation_webhooks_reach_the_backend(ocr: Project, backend: BackendSer
     assert skipped.id not in received.annotations(ocr.id)
     assert created.id in received.annotations(ocr.id)
     received.store.close()
+
+
+def test_corrections_export_from_the_live_project_and_from_the_store(
+    ocr: Project, backend: BackendServer, our_env: dict[str, str], tmp_path
+) -> None:
+    """The correction above ("STOP" -> "STOP!") becomes one preference pair, whether read from
+    Label Studio's snapshot export (full prediction objects) or from the backend's own store."""
+    env = our_env | {"MODEL_DIR": str(backend.model_dir)}
+    sources = {"live": ["label-studio", "--project", str(ocr.id)], "store": ["store"]}
+    for name, source in sources.items():
+        out = tmp_path / name
+        done = subprocess.run(
+            [
+                str(BIN / "varco-labeler"),
+                "export",
+                *source,
+                "--format",
+                "llava-dpo",
+                "--out",
+                str(out),
+                "--val-fraction",
+                "0",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        (record,) = json.loads((out / "train.json").read_text())
+        assert record["chosen"].startswith("<char>STOP!</char><bbox>0.2, 0.3, 0.8, 0.6</bbox>")
+        assert record["rejected"].startswith("<char>STOP</char><bbox>0.2, 0.3, 0.8, 0.6</bbox>")
+        assert (out / record["image"]).is_file(), "the export must carry its image"
+    report = subprocess.run(
+        [str(BIN / "varco-labeler"), "report", "--project", str(ocr.id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "varco-tiny-e2e" in report.stdout
 
 
 def test_backend_kept_the_predictions_label_studio_stored(
