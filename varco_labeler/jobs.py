@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from rq import get_current_job
 
 from varco_labeler.engine.base import Engine, Request
 from varco_labeler.labelstudio.config import LabelConfig, read_label_config
@@ -202,9 +203,13 @@ def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]])
             continue
         conversion = convert_output(output, item["task"], config, mapper, seed=item["image"])
         predictions.append({"task": item["task_id"], **conversion.prediction})
+    job = get_current_job()
+    # A queue job run again (its worker died, or it failed) may have pushed before: check for
+    # that. Without a queue (embedded) a batch runs once.
+    rerun = job is not None and (job.retries_left or 0) < _context.settings.job_retries
     sink = _context.label_studio()
     try:
-        pushed, present = sink.push(project, predictions)
+        pushed, present = sink.push(project, predictions, may_have_landed=rerun)
     finally:
         sink.close()
     return {"pushed": pushed, "present": present, "failed": failed}

@@ -1,8 +1,10 @@
 """Pushing predictions into a Label Studio project with the SDK, in bulk, without duplicates.
 
 Label Studio may be down or restarting while a long pre-labelling run pushes: each push is retried
-with exponential backoff, and before each attempt the tasks that already hold a prediction of the
-same model version are left out, so a retry after a push that did land adds nothing.
+with exponential backoff. Whenever an earlier push may have landed (a second attempt, or a job run
+again after its worker died), the tasks that already hold a prediction of the same model version
+are left out first, so nothing is pushed twice. A first push skips that check: it costs one
+request per task, more than the model itself on small checkpoints.
 """
 
 from __future__ import annotations
@@ -41,16 +43,18 @@ class PredictionSink:
         self.attempts, self.backoff = attempts, backoff
 
     def push(
-        self, project: int, predictions: Sequence[dict[str, Any]]
+        self, project: int, predictions: Sequence[dict[str, Any]], *, may_have_landed: bool = True
     ) -> tuple[list[int], list[int]]:
         """Import predictions (``{"task", "result", "score"?, "model_version"}``) into a project.
 
-        Returns (task ids pushed now, task ids that already had this model version's prediction).
+        ``may_have_landed=False`` says no earlier attempt can have pushed these (a job's first
+        run). Returns (task ids pushed now, task ids that already had this version's prediction).
         """
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                present = self._already_predicted(predictions)
+                check = may_have_landed or attempt > 1
+                present = self._already_predicted(predictions) if check else set()
                 todo = [p for p in predictions if p["task"] not in present]
                 if todo:
                     self.client.projects.import_predictions(id=project, request=todo)
