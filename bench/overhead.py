@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -38,7 +38,6 @@ from bench.common import (
 )
 from bench.zero import LABEL_CONFIG, context
 from varco_labeler import jobs
-from varco_labeler import queue as queue_module
 from varco_labeler.backend import Backend
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.jobs import PREDICT_BATCH
@@ -49,9 +48,7 @@ from varco_labeler.varco import prompt_for
 TARGET_MS = 5.0
 BATCH_TASKS = 32  # tasks per request in the throughput run
 BATCH_SIZE = 8  # tasks per engine batch / queue job (the product's default)
-FAST_POLL = 0.0005  # the experiment's poll interval (the product polls every 5 ms)
 Task = dict[str, Any]
-T = TypeVar("T")
 
 
 class Images:
@@ -116,16 +113,6 @@ def _time(
     return seconds
 
 
-def _fast_poll(call: Callable[[], T]) -> T:
-    """Run ``call`` with the dispatcher polling job status every FAST_POLL s instead of 5 ms."""
-    saved = queue_module._POLL_INTERVAL
-    queue_module._POLL_INTERVAL = FAST_POLL
-    try:
-        return call()
-    finally:
-        queue_module._POLL_INTERVAL = saved
-
-
 def _stamp(moment: datetime | None) -> float:
     if moment is None:
         raise RuntimeError("job without a timestamp")
@@ -138,7 +125,7 @@ def _breakdown(dispatcher: RQDispatcher, tasks: list[Task]) -> dict[str, float]:
         "enqueue (backend -> Redis)": [],
         "waiting in queue (until a worker starts it)": [],
         "in the worker (RQ bookkeeping + job)": [],
-        "until the backend sees the result (polling)": [],
+        "until the backend sees the result": [],
         "total": [],
     }
     for task in tasks:
@@ -149,6 +136,7 @@ def _breakdown(dispatcher: RQDispatcher, tasks: list[Task]) -> dict[str, float]:
             seen = time.time()
             if error:
                 raise RuntimeError(f"job failed: {error}")
+            finished.refresh()  # the timestamps RQ wrote while the job ran
             enqueued = _stamp(finished.enqueued_at)
             begun, ended = _stamp(finished.started_at), _stamp(finished.ended_at)
             values = [submitted - started, begun - enqueued, ended - begun, seen - ended]
@@ -197,11 +185,6 @@ def run(ctx: Context) -> Report:
                 _check_outputs,
             ),
             ("queue backend, HTTP /predict", _http(client, queue.url), _check_predictions),
-            (
-                f"experiment: RQDispatcher.run, {FAST_POLL * 1000:g} ms poll",
-                lambda t: _fast_poll(lambda: dispatcher.run(_items(t), 80)),
-                _check_outputs,
-            ),
         ]
         single: dict[str, dict[str, float]] = {}
         batch: dict[str, dict[str, float]] = {}
@@ -230,7 +213,6 @@ def run(ctx: Context) -> Report:
         "target_p50_ms": TARGET_MS,
         "target_met": http_overhead < TARGET_MS,
         "queue_breakdown_mean_ms": breakdown,
-        "fast_poll_p50_ms": single[names[5]]["p50_ms"],
     }
     latency = Table(
         "overhead: 1 task per request, zero-cost engine (ms per task)",
@@ -261,6 +243,6 @@ def run(ctx: Context) -> Report:
     notes = [
         "Sequential requests on one keep-alive connection; each process logs at WARNING.",
         "Queue path: RQ JSON jobs on a local redis-server, one zero-cost HeartbeatWorker; the "
-        "backend polls job status every 5 ms (queue._POLL_INTERVAL).",
+        "backend blocks on RQ's result streams (XREAD) until a job ends.",
     ]
     return Report("overhead", [latency, throughput, verdict, steps], data, notes)

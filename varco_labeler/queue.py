@@ -21,6 +21,8 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry, Worker
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from rq.results import Result
+from rq.results import get_key as result_key
 from rq.serializers import JSONSerializer
 
 from varco_labeler.jobs import PREDICT_BATCH
@@ -33,7 +35,15 @@ Item = dict[str, Any]
 Output = dict[str, Any]
 # How often a waiting backend requeues jobs of workers that died (their heartbeat expired).
 RESCUE_INTERVAL = 2.0
-_POLL_INTERVAL = 0.005
+# Result types after which RQ does nothing more with a job (RETRIED means it runs again).
+_FINAL = frozenset(
+    {
+        Result.Type.SUCCESSFUL,
+        Result.Type.FAILED,
+        Result.Type.STOPPED,
+        Result.Type.MAX_RETRIES_EXCEEDED,
+    }
+)
 
 
 class QueueUnavailable(RuntimeError):
@@ -91,27 +101,42 @@ class RQDispatcher:
     ) -> Iterator[tuple[Job, Any, str | None]]:
         """Yield (job, return value, error) as jobs finish or fail for good, until the deadline.
 
-        While waiting, jobs of workers that died are requeued.
+        Blocks on RQ's result streams (XREAD over every waiting job), so a result is seen the
+        moment a worker writes it. Every RESCUE_INTERVAL it also requeues the jobs of workers that
+        died, and notices cancelled jobs (which write no result).
         """
         give_up_at = time.monotonic() + deadline
         waiting = {job.id: job for job in jobs}
+        seen = dict.fromkeys(waiting, "0-0")
         try:
-            while waiting and time.monotonic() < give_up_at:
+            while waiting and (remaining := give_up_at - time.monotonic()) > 0:
                 self._rescue_abandoned()
-                for job in Job.fetch_many(list(waiting), self.redis, serializer=JSONSerializer):
-                    if job is None:
-                        continue
-                    status = job.get_status(refresh=False)
-                    if status == JobStatus.FINISHED:
-                        del waiting[job.id]
-                        yield job, job.return_value(refresh=False), None
-                    elif status in (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
-                        del waiting[job.id]
-                        yield job, None, _last_line(job)
-                if waiting:
-                    time.sleep(_POLL_INTERVAL)
+                block_ms = max(1, int(min(remaining, RESCUE_INTERVAL) * 1000))
+                streams = {result_key(job_id): seen[job_id] for job_id in waiting}
+                arrived = self.redis.xread(streams, block=block_ms) or []
+                for key, entries in arrived:
+                    job_id = key.decode().removeprefix(result_key(""))
+                    for entry_id, payload in entries:
+                        seen[job_id] = entry_id.decode()
+                        result = Result.restore(
+                            job_id, seen[job_id], payload, self.redis, JSONSerializer
+                        )
+                        if job_id in waiting and result.type in _FINAL:
+                            job = waiting.pop(job_id)
+                            if result.type == Result.Type.SUCCESSFUL:
+                                yield job, result.return_value, None
+                            else:
+                                yield job, None, _last_line(result.exc_string, result.type.name)
+                if not arrived:
+                    yield from self._cancelled(waiting)
         except RedisError as error:
             raise QueueUnavailable(self._unreachable(error)) from error
+
+    def _cancelled(self, waiting: dict[str, Job]) -> Iterator[tuple[Job, Any, str | None]]:
+        for job in Job.fetch_many(list(waiting), self.redis, serializer=JSONSerializer):
+            if job is not None and job.get_status(refresh=False) == JobStatus.CANCELED:
+                del waiting[job.id]
+                yield job, None, "job canceled"
 
     def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
         jobs = self.submit(
@@ -214,7 +239,5 @@ class InlineDispatcher:
         return {"mode": "embedded", "queued_batches": self._pending}
 
 
-def _last_line(job: Job) -> str:
-    result = job.latest_result()
-    text = (result.exc_string if result else None) or ""
-    return text.strip().splitlines()[-1] if text.strip() else f"job {job.get_status(refresh=False)}"
+def _last_line(text: str | None, fallback: str) -> str:
+    return text.strip().splitlines()[-1] if text and text.strip() else fallback.lower()
