@@ -12,9 +12,11 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
 from redis import Redis
 from rq import get_current_job
 
@@ -77,11 +79,21 @@ class JobContext:
     fetcher: ImageFetcher
     cache: OutputCache
     settings: Settings
+    # Downloads of one batch overlap: a batch waits for its slowest image, not for their sum.
+    downloads: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
+    )
+    _sink: PredictionSink | None = None
 
     def label_studio(self) -> PredictionSink:
+        """One client for the process: every job reuses its connections to Label Studio."""
         if self.settings.label_studio_url is None or self.settings.label_studio_api_key is None:
             raise RuntimeError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to push predictions")
-        return PredictionSink(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        if self._sink is None:
+            self._sink = PredictionSink(
+                self.settings.label_studio_url, self.settings.label_studio_api_key
+            )
+        return self._sink
 
 
 _context: JobContext | None = None
@@ -123,21 +135,18 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     if _context is None:
         raise RuntimeError("no engine installed in this process: start it with varco-worker")
-    engine, fetcher, cache = _context.engine, _context.fetcher, _context.cache
+    engine, cache = _context.engine, _context.cache
     outputs: list[dict[str, Any] | None] = [None] * len(items)
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []
-    for index, item in enumerate(items):
+    downloads = _context.downloads.map(_download, [item["image"] for item in items])
+    for index, (item, download) in enumerate(zip(items, downloads, strict=True)):
         head = {"key": item["key"]}
-        try:
-            image, data = fetcher.fetch(item["image"])
-        except ImageError as error:
-            log.warning("task %s: %s", item["key"], error)
-            outputs[index] = {
-                **head,
-                "error": str(error),
-                "retryable": isinstance(error, ImageUnavailable),
-            }
+        if isinstance(download, ImageError):
+            log.warning("task %s: %s", item["key"], download)
+            retryable = isinstance(download, ImageUnavailable)
+            outputs[index] = {**head, "error": str(download), "retryable": retryable}
             continue
+        image, data = download
         head.update(width=image.width, height=image.height, model_version=engine.model_version)
         cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
         cached = cache.get(cache_key)
@@ -160,6 +169,15 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             outputs[index] = {**head, **output, "cached": False}
     assert all(output is not None for output in outputs)
     return outputs  # type: ignore[return-value]
+
+
+def _download(ref: str) -> tuple[Image.Image, bytes] | ImageError:
+    """Fetch on a download thread; a failure comes back as a value, to be reported per task."""
+    assert _context is not None
+    try:
+        return _context.fetcher.fetch(ref)
+    except ImageError as error:
+        return error
 
 
 def convert_output(
@@ -207,9 +225,5 @@ def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]])
     # A queue job run again (its worker died, or it failed) may have pushed before: check for
     # that. Without a queue (embedded) a batch runs once.
     rerun = job is not None and (job.retries_left or 0) < _context.settings.job_retries
-    sink = _context.label_studio()
-    try:
-        pushed, present = sink.push(project, predictions, may_have_landed=rerun)
-    finally:
-        sink.close()
+    pushed, present = _context.label_studio().push(project, predictions, may_have_landed=rerun)
     return {"pushed": pushed, "present": present, "failed": failed}

@@ -107,7 +107,7 @@ def prelabel_project(
             )
         else:
             summary.failed[str(task.id)] = f"no image in data[{config.data_key!r}]"
-    calls = [(project, config_xml, batch) for batch in batches(items, settings.batch_size)]
+    calls = [(project, config_xml, job) for job in batches(items, settings.prelabel_job_size)]
     bar = tqdm(total=len(items), unit="task", desc=f"project {project}", disable=not progress)
     with bar, _interrupt_as_keyboard():
         run = _InlineRun(settings, calls) if settings.embedded else _QueueRun(settings, calls)

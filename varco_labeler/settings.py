@@ -44,6 +44,9 @@ class Settings:
     port: int = 9090
     # Tasks per queue job: one GPU batch.
     batch_size: int = 8
+    # Tasks per prelabel job: run in GPU batches of batch_size, pushed to Label Studio at once
+    # (each push costs Label Studio a fixed 50-150 ms, growing with the project).
+    prelabel_job_size: int = 64
     # /predict answers within this many seconds with what finished (Label Studio waits 100 s).
     predict_deadline: float = 80.0
     # Tasks this backend accepts at once; more get 503 with Retry-After (back-pressure).
@@ -137,6 +140,7 @@ _ENV_NAMES = {
     "log_level": "LOG_LEVEL",
     "port": "PORT",
     "batch_size": "VARCO_BATCH_SIZE",
+    "prelabel_job_size": "VARCO_PRELABEL_JOB_SIZE",
     "predict_deadline": "VARCO_PREDICT_DEADLINE",
     "max_pending_tasks": "VARCO_MAX_PENDING_TASKS",
     "job_timeout": "VARCO_JOB_TIMEOUT",

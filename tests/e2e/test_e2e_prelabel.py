@@ -124,7 +124,7 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating(
 ):
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel interrupted", 200)
-    running = prelabel(env | {"VARCO_BATCH_SIZE": "4"}, project)
+    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "4"}, project)
     wait_until(lambda: len(predictions(ls_client, project)) >= 20, 120, "the first predictions")
     running.send_signal(signal.SIGINT)
     code, stderr = finish(running, timeout=60)
@@ -145,7 +145,7 @@ def test_label_studio_down_while_pushing_loses_and_duplicates_nothing(
 ):
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel outage", 60)
-    running = prelabel(env | {"VARCO_BATCH_SIZE": "2"}, project)
+    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2"}, project)
     wait_until(lambda: len(predictions(ls_client, project)) >= 6, 120, "the first predictions")
     label_studio.stop()
     time.sleep(3)

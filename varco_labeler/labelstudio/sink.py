@@ -78,6 +78,3 @@ class PredictionSink:
             if any(p.model_version == prediction["model_version"] for p in existing):
                 present.add(prediction["task"])
         return present
-
-    def close(self) -> None:
-        self._http.close()
