@@ -24,14 +24,10 @@ from typing import Any
 from bench.common import BIN, Context, Processes, Report, Table, child_env, write_images
 from bench.labelstudio import LabelStudio
 from bench.labelstudio import start as start_label_studio
+from varco_labeler.labelstudio.templates import label_config
 
 LIMIT_S = 100.0  # Label Studio's ML_TIMEOUT_PREDICT
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Cat"/><Label value="Dog"/>
-  </RectangleLabels>
-</View>"""
+CONFIG = label_config("grounding", ["Cat", "Dog"])
 
 
 def _project(ls: LabelStudio, title: str, folder: Path, paths: list[Path]) -> tuple[int, list]:

@@ -64,27 +64,53 @@ class LabelStudio:
         return Client(base_url=self.url, api_key=self.token, timeout=600)
 
 
+def first_start_env(
+    data_dir: Path, document_root: Path, token: str, user: str, password: str
+) -> dict[str, str]:
+    """What Label Studio must be told on the FIRST start of a data directory (DESIGN.md 4)."""
+    return {
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": user,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # Both are needed for a backend on 127.0.0.1: with only the first, connecting it answers
+        # 403 and leaves a backend without its webhook.
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false",
+    }
+
+
+def wait_for_token(url: str, token: str, timeout: float = 60.0) -> None:
+    """/health answers before the user and its token exist on some starts: wait for both."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(
+            f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"}, timeout=5
+        )
+        if response.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"Label Studio refuses the legacy token ({response.status_code}: "
+                f"{response.text[:300]})"
+            )
+        time.sleep(0.5)
+
+
 def start(processes: Processes, root: Path) -> LabelStudio:
     executable = install()
     data_dir, document_root = root / "data", root / "files"
     data_dir.mkdir(parents=True)
     document_root.mkdir(parents=True)
     port = free_port()
-    env = child_env(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
-        LABEL_STUDIO_USERNAME=USER,
-        LABEL_STUDIO_PASSWORD=PASSWORD,
-        LABEL_STUDIO_USER_TOKEN=TOKEN,
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        ML_BLOCK_LOCAL_IP="false",
-        SSRF_PROTECTION_ENABLED="false",
-        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
-        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-        SENTRY_DSN="",
-        FRONTEND_SENTRY_DSN="",
-        COLLECT_ANALYTICS="false",
-    )
+    env = child_env(**first_start_env(data_dir, document_root, TOKEN, USER, PASSWORD))
     env.pop("PYTHONPATH", None)
     env.pop("OMP_NUM_THREADS", None)
     argv = [str(executable), "start", "--no-browser", "--port", str(port)]
@@ -92,16 +118,5 @@ def start(processes: Processes, root: Path) -> LabelStudio:
     started = time.monotonic()
     service = processes.start("label-studio", argv, env, cwd=root, url=f"http://127.0.0.1:{port}")
     processes.wait_http(service, START_TIMEOUT)
-    deadline = time.monotonic() + 60
-    while True:  # /health answers before the user and its token exist on some starts
-        response = httpx.get(
-            f"{service.url}/api/current-user/whoami",
-            headers={"Authorization": f"Token {TOKEN}"},
-            timeout=5,
-        )
-        if response.status_code == 200:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Label Studio refuses the token: {response.status_code}")
-        time.sleep(0.5)
+    wait_for_token(service.url, TOKEN)
     return LabelStudio(service, document_root, time.monotonic() - started)

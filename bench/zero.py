@@ -57,15 +57,7 @@ def context(settings: Settings, redis: Redis | None = None) -> jobs.JobContext:
     # jobs.build_context would load a real model: assemble the same pieces around ours.
     from varco_labeler.labelstudio.images import ImageFetcher
 
-    fetcher = ImageFetcher(
-        label_studio_url=settings.label_studio_url,
-        api_key=settings.label_studio_api_key,
-        allowed_hosts=settings.allowed_image_hosts,
-        local_roots=settings.local_image_roots,
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        timeout=settings.image_timeout,
-    )
+    fetcher = ImageFetcher.from_settings(settings)
     cache = jobs.OutputCache(redis, ttl=settings.cache_ttl)
     return jobs.JobContext(ZeroCostEngine(), fetcher, cache, settings)
 

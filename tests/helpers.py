@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from varco_labeler.labelstudio.templates import label_config
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
@@ -36,4 +38,4 @@ CATS_CONFIG = """<View>
 </View>"""
 
 # The labels of the tiny model's taught answers: a red image shows a cat, a blue one two dogs.
-CAT_DOG_CONFIG = CATS_CONFIG.replace('<Label value="Remote"/>', '<Label value="Dog"/>')
+CAT_DOG_CONFIG = label_config("grounding", ["Cat", "Dog"])

@@ -51,7 +51,7 @@ def positive(*values: float) -> bool:
 
 def test_overhead(tmp_path: Path) -> None:
     data = run_bench("overhead", tmp_path)
-    assert len(data["single_task_requests"]) == 6
+    assert len(data["single_task_requests"]) == 5
     for stats in [*data["single_task_requests"].values(), *data["requests_of_32_tasks"].values()]:
         assert positive(stats["p50_ms"], stats["p95_ms"], stats["p99_ms"], stats["tasks_per_s"])
         assert stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]

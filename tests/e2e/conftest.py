@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.labelstudio import first_start_env, wait_for_token
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INSTALL_SCRIPT = REPO / "scripts" / "install_label_studio.sh"
@@ -241,23 +243,7 @@ def label_studio(
     data_dir.mkdir()
     document_root.mkdir()
     port = free_port()
-    env = _base_env() | {
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "LABEL_STUDIO_USERNAME": LS_USER,
-        "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
-        "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        # Both are needed for a backend on 127.0.0.1: with only the first, connecting it answers
-        # 403 and leaves a backend without its webhook (DESIGN.md section 4).
-        "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-        "SENTRY_DSN": "",
-        "FRONTEND_SENTRY_DSN": "",
-        "COLLECT_ANALYTICS": "false",
-    }
+    env = _base_env() | first_start_env(data_dir, document_root, LS_TOKEN, LS_USER, LS_PASSWORD)
     argv = [
         str(label_studio_executable),
         "start",
@@ -279,23 +265,11 @@ def label_studio(
         server.service.stop()
 
 
-def _wait_for_token(url: str, service: Service, timeout: float = 30.0) -> None:
-    """/health answers before the user and its token exist on some starts: wait for both."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = httpx.get(
-            f"{url}/api/current-user/whoami",
-            headers={"Authorization": f"Token {LS_TOKEN}"},
-            timeout=5.0,
-        )
-        if response.status_code == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"Label Studio refuses the legacy token ({response.status_code}: "
-                f"{response.text[:300]}); log:\n{service.log_tail()}"
-            )
-        time.sleep(0.5)
+def _wait_for_token(url: str, service: Service) -> None:
+    try:
+        wait_for_token(url, LS_TOKEN, timeout=30.0)
+    except RuntimeError as error:
+        raise RuntimeError(f"{error}; log:\n{service.log_tail()}") from None
 
 
 @pytest.fixture(scope="session")
