@@ -310,6 +310,22 @@ class Service:
             )
 
 
+def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen:
+    """Start a server in its own process group (so stopping reaches its children), logging to
+    ``log_path`` (appended: a restarted server keeps one log)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class Processes:
     """Starts processes for one benchmark and stops all of them, group and all, at the end."""
 
@@ -328,17 +344,7 @@ class Processes:
         self, name: str, argv: list[str], env: dict[str, str], cwd: Path = REPO, url: str = ""
     ) -> Service:
         log_path = self.logs / f"{name}-{len(self.services)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        service = Service(name, process, log_path, url)
+        service = Service(name, spawn(argv, env, cwd, log_path), log_path, url)
         self.services.append(service)
         return service
 

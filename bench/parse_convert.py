@@ -14,24 +14,12 @@ from pathlib import Path
 
 from bench.common import REPO, Context, Report, Table, rate
 from varco_labeler.labelstudio import LabelMapper, prediction_from_varco, read_label_config
+from varco_labeler.labelstudio.templates import label_config
 from varco_labeler.varco import Task, parse
 
 FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "varco"
-GROUNDING_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Cat"/><Label value="Remote"/><Label value="Blanket"/>
-  </RectangleLabels>
-</View>"""
-# The OCR project Label Studio 1.23.2 sent in the captured /setup.
-OCR_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="bbox" toName="image" smart="true">
-    <Label value="Text"/><Label value="Handwriting"/>
-  </RectangleLabels>
-  <TextArea name="transcription" toName="image" editable="true" perRegion="true"
-            required="false" maxSubmissions="1" rows="3" displayMode="region-list"/>
-</View>"""
+GROUNDING_CONFIG = label_config("grounding", ["Cat", "Remote", "Blanket"])
+OCR_CONFIG = label_config("ocr")
 HANGUL = "가나다라마바사아자차카타파하백범로번길시흥청공원역"
 
 

@@ -20,6 +20,7 @@ from redis import Redis
 
 from varco_labeler import jobs
 from varco_labeler.engine.base import Engine, Request, Result
+from varco_labeler.labelstudio.templates import label_config
 from varco_labeler.settings import Settings
 from varco_labeler.varco import parse
 
@@ -28,12 +29,7 @@ ANSWER = (
     "<obj>a sofa</obj><bbox>0.0, 0.45, 1.0, 1.0</bbox>."
 )
 # Labels for the answer's phrases, and for the tiny model's (red: a cat, blue: two dogs).
-LABEL_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Cat"/><Label value="Dog"/><Label value="Sofa"/>
-  </RectangleLabels>
-</View>"""
+LABEL_CONFIG = label_config("grounding", ["Cat", "Dog", "Sofa"])
 
 
 class ZeroCostEngine(Engine):

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.common import spawn
 from bench.labelstudio import first_start_env, wait_for_token
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,17 +113,7 @@ class Service:
 def start_service(
     name: str, url: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path
 ) -> Service:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:  # appended: a restarted server keeps one log
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so stop() reaches every child
-        )
+    process = spawn(argv, env, cwd, log_path)
     return Service(name=name, url=url, process=process, log_path=log_path)
 
 
