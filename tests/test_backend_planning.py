@@ -1,15 +1,19 @@
 """What the backend asks the model for each kind of request, and how it answers Label Studio.
 
-The dispatcher here is an in-memory one that returns model text we choose, so each rule can be
-checked on its own; the real queue and engine are exercised in tests/backend.
+The dispatcher here is an in-memory one that answers with model text we choose, turned into a
+job's output (regions and notes) as the job does, so each rule can be checked on its own; the real
+queue and engine are exercised in tests/backend.
 """
 
 from __future__ import annotations
 
 from helpers import CAT_DOG_CONFIG, CATS_CONFIG, labelstudio_fixture
 
-from varco_labeler.backend import PHRASE_PROMPT, Backend
+from varco_labeler.backend import Backend
+from varco_labeler.policy import PHRASE_PROMPT
+from varco_labeler.regions import model_output
 from varco_labeler.settings import Settings
+from varco_labeler.varco import parse
 
 PROMPT_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -37,13 +41,16 @@ class ScriptedDispatcher:
                 "raw": self.raw,
                 "width": 640,
                 "height": 480,
-                "scores": self.scores,
                 "model_version": "scripted",
+                **model_output(parse(self.raw), self.scores),
             }
             for i in items
         ]
 
     def status(self):
+        return {}
+
+    def model_versions(self):
         return {}
 
 

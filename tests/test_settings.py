@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from varco_labeler.engine.profiles import GENERIC, PROFILE_FILE, PROFILES, profile_for
 from varco_labeler.settings import Settings, SettingsError
 
 
@@ -44,6 +45,87 @@ def test_wrong_values_name_the_variable(env, message):
     with pytest.raises(SettingsError) as error:
         Settings.from_env(env)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PORT", "0", "PORT must be a TCP port (1-65535), got 0"),
+        ("PORT", "65536", "PORT must be a TCP port (1-65535), got 65536"),
+        ("VARCO_BATCH_SIZE", "0", "VARCO_BATCH_SIZE must be positive, got 0"),
+        ("VARCO_PRELABEL_JOB_SIZE", "0", "VARCO_PRELABEL_JOB_SIZE must be positive, got 0"),
+        ("VARCO_PRELABEL_JOB_SIZE", "-5", "VARCO_PRELABEL_JOB_SIZE must be positive, got -5"),
+        ("VARCO_PREDICT_DEADLINE", "0", "VARCO_PREDICT_DEADLINE must be positive, got 0.0"),
+        ("VARCO_PREDICT_DEADLINE", "nan", "VARCO_PREDICT_DEADLINE must be positive, got nan"),
+        ("VARCO_MAX_PENDING_TASKS", "0", "VARCO_MAX_PENDING_TASKS must be positive, got 0"),
+        ("VARCO_JOB_TIMEOUT", "-1", "VARCO_JOB_TIMEOUT must be positive, got -1"),
+        ("VARCO_JOB_RETRIES", "-1", "VARCO_JOB_RETRIES must be 0 or more, got -1"),
+        ("VARCO_RESULT_TTL", "0", "VARCO_RESULT_TTL must be positive, got 0"),
+        ("VARCO_RESULT_TTL", "-60", "VARCO_RESULT_TTL must be positive, got -60"),
+        ("VARCO_CACHE_TTL", "0", "VARCO_CACHE_TTL must be positive, got 0"),
+        ("VARCO_CACHE_TTL", "-1", "VARCO_CACHE_TTL must be positive, got -1"),
+        ("VARCO_MAX_IMAGE_BYTES", "0", "VARCO_MAX_IMAGE_BYTES must be positive, got 0"),
+        ("VARCO_MAX_IMAGE_PIXELS", "0", "VARCO_MAX_IMAGE_PIXELS must be positive, got 0"),
+        ("VARCO_MAX_IMAGE_PIXELS", "-1", "VARCO_MAX_IMAGE_PIXELS must be positive, got -1"),
+        ("VARCO_IMAGE_TIMEOUT", "0", "VARCO_IMAGE_TIMEOUT must be positive, got 0.0"),
+        ("VARCO_IMAGE_TIMEOUT", "-2.5", "VARCO_IMAGE_TIMEOUT must be positive, got -2.5"),
+        ("VARCO_IMAGE_TIMEOUT", "inf", "VARCO_IMAGE_TIMEOUT must be positive, got inf"),
+    ],
+)
+def test_numbers_that_make_no_sense_fail_at_start_naming_the_variable(variable, value, message):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({variable: value})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VARCO_JOB_RETRIES", "0"),
+        ("VARCO_PRELABEL_JOB_SIZE", "1"),
+        ("VARCO_BATCH_SIZE", "1"),
+        ("VARCO_RESULT_TTL", "1"),
+        ("VARCO_CACHE_TTL", "1"),
+        ("VARCO_IMAGE_TIMEOUT", "0.5"),
+        ("VARCO_MAX_IMAGE_PIXELS", "1"),
+        ("PORT", "65535"),
+    ],
+)
+def test_the_smallest_sensible_numbers_are_accepted(variable, value):
+    Settings.from_env({variable: value})
+
+
+def test_flags_are_checked_like_the_environment():
+    with pytest.raises(SettingsError, match="VARCO_BATCH_SIZE must be positive, got 0"):
+        Settings.from_env({}, batch_size=0)
+
+
+OCR = "NCSOFT/VARCO-VISION-2.0-1.7B-OCR"
+
+
+@pytest.mark.parametrize("name", [OCR, "varco-vision-2.0-1.7b-ocr", "generic"])
+def test_varco_profile_takes_a_known_name(name, tmp_path):
+    settings = Settings.from_env({"VARCO_PROFILE": name, "VARCO_MODEL": str(tmp_path)})
+    assert settings.profile == name
+    assert profile_for(settings.model, settings.profile) is profile_for("x", name)
+    assert Settings.from_env({}).profile is None
+
+
+@pytest.mark.parametrize("name", ["VARCO-VISION-3", "ocr", "NCSOFT"])
+def test_an_unknown_varco_profile_names_the_variable_and_the_known_names(name):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"VARCO_PROFILE": name})
+    message = str(error.value)
+    assert message.startswith(f"VARCO_PROFILE={name!r} is not a known profile")
+    assert all(known in message for known in (*PROFILES, GENERIC.name))
+
+
+def test_a_model_directory_with_a_bad_profile_file_fails_at_start(tmp_path):
+    (tmp_path / PROFILE_FILE).write_text('{"profile": "VARCO-VISION-3"}')
+    with pytest.raises(SettingsError, match=r"VARCO_MODEL: .*unknown profile 'VARCO-VISION-3'"):
+        Settings.from_env({"VARCO_MODEL": str(tmp_path)})
+    # VARCO_PROFILE overrides the file, so the file is not read.
+    Settings.from_env({"VARCO_MODEL": str(tmp_path), "VARCO_PROFILE": "generic"})
 
 
 def test_secrets_stay_out_of_the_repr():

@@ -9,7 +9,6 @@ skips without storing anything, so a later request predicts it.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,27 +19,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from varco_labeler.feedback.store import FeedbackStore
-from varco_labeler.jobs import convert_output
+from varco_labeler.jobs import Converted, convert_one
 from varco_labeler.labelstudio import (
     LabelConfig,
     LabelConfigError,
-    LabelMapper,
     box_from_rectangle,
     prediction_from_regions,
     read_label_config,
 )
+from varco_labeler.policy import PHRASE_PROMPT, Policy, PolicyError, parse_extra_params
 from varco_labeler.queue import Dispatcher
 from varco_labeler.regions import Region
 from varco_labeler.settings import Settings
-from varco_labeler.varco import Task, clean_model_text, prompt_for, referring_prompt
+from varco_labeler.varco import Task, clean_model_text
 
 log = logging.getLogger(__name__)
-
-DEFAULT_QUESTIONS = {
-    Task.GROUNDING: "Describe {region} in detail.",
-    Task.OCR: "What text is written in {region}? Answer with the text only.",
-}
-PHRASE_PROMPT = "<gro>\nFind {phrase} in the image."
 
 
 class BadRequest(ValueError):
@@ -51,53 +44,12 @@ class Busy(RuntimeError):
     """More tasks are pending than this backend accepts; the client should retry later (503)."""
 
 
-@dataclass(frozen=True)
-class ProjectOptions:
-    """What users can set in Label Studio's model settings ("Extra params", JSON)."""
-
-    task: Task | None = None
-    question: str | None = None
-    fallback_label: str | None = None
-    ocr_label: str | None = None
-    min_score: float = 0.0
-
-    @classmethod
-    def parse(cls, extra: Any) -> ProjectOptions:
-        if extra in (None, "", {}):
-            return cls()
-        if isinstance(extra, str):
-            try:
-                extra = json.loads(extra)
-            except json.JSONDecodeError as error:
-                raise BadRequest(f"extra_params is not valid JSON: {error}") from error
-        if not isinstance(extra, dict):
-            raise BadRequest("extra_params must be a JSON object")
-        unknown = set(extra) - {"task", "question", "fallback_label", "ocr_label", "min_score"}
-        if unknown:
-            raise BadRequest(f"extra_params has unknown keys {sorted(unknown)}")
-        task = extra.get("task") or None
-        if task not in (None, Task.GROUNDING, Task.OCR):
-            raise BadRequest(f'extra_params "task" must be "grounding" or "ocr", got {task!r}')
-        try:
-            min_score = float(extra.get("min_score") or 0.0)
-        except (TypeError, ValueError):
-            raise BadRequest('extra_params "min_score" must be a number') from None
-        return cls(
-            task=Task(task) if task else None,
-            question=extra.get("question"),
-            fallback_label=extra.get("fallback_label"),
-            ocr_label=extra.get("ocr_label"),
-            min_score=min_score,
-        )
-
-
 @dataclass
 class _Work:
-    """One task's model call and how to turn its output into a prediction."""
+    """One task's model call; ``drawn``: the rectangle it asks about, in interactive use."""
 
     task_index: int
     item: dict[str, Any]
-    kind: Task
     drawn: dict[str, Any] | None = None
 
 
@@ -108,8 +60,7 @@ class Backend:
         self.settings = settings
         self.dispatcher = dispatcher
         self.feedback = feedback
-        self.model_version = settings.version
-        self._options: dict[str, ProjectOptions] = {}
+        self._extra_params: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.last_problem: str | None = None
@@ -134,16 +85,33 @@ class Backend:
                 self.pending_tasks -= tasks
 
     # -- Label Studio protocol -------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        """The version predictions will carry: the workers' when they all run one."""
+        versions = set(self.dispatcher.model_versions().values())
+        return versions.pop() if len(versions) == 1 else self.settings.version
+
     def setup(self, project: str | None, schema: str | None, extra_params: Any) -> dict[str, Any]:
-        options = ProjectOptions.parse(extra_params)
-        if schema:
-            self._config(schema)  # refuse an unusable config now, where the user connects
+        try:
+            extra = parse_extra_params(extra_params)
+            if schema:  # refuse an unusable config or extra_params now, where the user connects
+                Policy.resolve(self.settings, self._config(schema), extra)
+        except PolicyError as error:
+            raise BadRequest(str(error)) from error
         with self._lock:
-            self._options[_project_id(project)] = options
+            self._extra_params[_project_id(project)] = extra
         return {"model_version": self.model_version}
 
     def versions(self) -> dict[str, Any]:
         return {"versions": [self.model_version]}
+
+    def policy(self, project: str | None, label_config: str) -> Policy:
+        """The project's policy, from its label config and the extra_params of its /setup."""
+        extra = self._extra_params.get(_project_id(project))
+        try:
+            return Policy.resolve(self.settings, self._config(label_config), extra)
+        except PolicyError as error:
+            raise BadRequest(str(error)) from error
 
     def predict(
         self,
@@ -152,21 +120,13 @@ class Backend:
         project: str | None = None,
         context: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        config = self._config(label_config)
-        options = self._options.get(_project_id(project), ProjectOptions())
-        try:
-            mapper = LabelMapper(
-                config.labels, config.aliases, options.fallback_label, options.ocr_label
-            )
-        except ValueError as error:
-            raise BadRequest(f"extra_params: {error}") from error
-        works, results = self._plan(tasks, config, options, context)
+        policy = self.policy(project, label_config)
+        works, results = self._plan(tasks, policy, _project_id(project), context)
         outputs = self.dispatcher.run([w.item for w in works], self.settings.predict_deadline)
+        converted: list[Converted] = []
         for work, output in zip(works, outputs, strict=True):
-            prediction = self._prediction(work, output, config, mapper, options)
-            results[work.task_index] = prediction
-            if isinstance(prediction, dict) and work.drawn is None:
-                self._record(tasks[work.task_index], project, work, output, prediction)
+            results[work.task_index] = self._prediction(work, output, policy, converted)
+        self._record(converted)
         return {"results": results}
 
     def health(self) -> dict[str, Any]:
@@ -176,6 +136,7 @@ class Backend:
             "status": "UP" if healthy else "DEGRADED",
             "model_class": "VarcoVision",
             "model_version": self.model_version,
+            "worker_versions": self.dispatcher.model_versions(),
             "mode": "embedded" if self.settings.embedded else "queue",
             "queue": queue,
             "tasks": dict(self.counters),
@@ -194,45 +155,44 @@ class Backend:
     def _plan(
         self,
         tasks: list[dict[str, Any]],
-        config: LabelConfig,
-        options: ProjectOptions,
+        policy: Policy,
+        project: str,
         context: dict[str, Any] | None,
     ) -> tuple[list[_Work], list[Any]]:
-        kind = options.task or _task_setting(self.settings) or config.default_task
-        drawn = _drawn_regions(context, config)
+        assert policy.config is not None
+        drawn = _drawn_regions(context, policy.config)
         results: list[Any] = [[] for _ in tasks]
         works: list[_Work] = []
         for index, task in enumerate(tasks):
-            image = (task.get("data") or {}).get(config.data_key)
-            if not isinstance(image, str) or not image:
-                self._problem(f"task {task.get('id')}: no image in data[{config.data_key!r}]")
-                continue
             key = f"{index}:{task.get('id')}"
-            if drawn.rectangle is not None:
-                question = options.question or DEFAULT_QUESTIONS[kind]
-                box = box_from_rectangle(
-                    drawn.rectangle["value"],
-                    drawn.rectangle.get("original_width"),
-                    drawn.rectangle.get("original_height"),
-                )
-                item = _item(key, image, Task.REFERRING, referring_prompt(box, question))
-                works.append(_Work(index, item, Task.REFERRING, drawn.rectangle))
-            elif drawn.phrase is not None:
-                prompt = PHRASE_PROMPT.format(phrase=drawn.phrase)
-                works.append(
-                    _Work(index, _item(key, image, Task.GROUNDING, prompt), Task.GROUNDING)
-                )
-            else:
-                works.append(_Work(index, _item(key, image, kind, prompt_for(kind)), kind))
+            data = task.get("data") or {}
+            record = {"task_id": task.get("id"), "project": int(project) if project else None}
+            try:
+                if drawn.rectangle is not None:
+                    box = box_from_rectangle(
+                        drawn.rectangle["value"],
+                        drawn.rectangle.get("original_width"),
+                        drawn.rectangle.get("original_height"),
+                    )
+                    prompt = policy.referring_prompt(box)
+                    item = policy.item(key, data, task=Task.REFERRING.value, prompt=prompt)
+                    works.append(_Work(index, item, drawn.rectangle))
+                elif drawn.phrase is not None:
+                    prompt = PHRASE_PROMPT.format(phrase=drawn.phrase)
+                    item = policy.item(key, data, task=Task.GROUNDING.value, prompt=prompt)
+                    works.append(_Work(index, item | record))
+                else:
+                    works.append(_Work(index, policy.item(key, data, **record)))
+            except PolicyError as error:
+                self._problem(f"task {task.get('id')}: {error}")
         return works, results
 
     def _prediction(
         self,
         work: _Work,
         output: dict[str, Any] | None,
-        config: LabelConfig,
-        mapper: LabelMapper,
-        options: ProjectOptions,
+        policy: Policy,
+        converted: list[Converted],
     ) -> dict[str, Any] | list[Any]:
         if output is None:
             self._count("unfinished")
@@ -240,48 +200,33 @@ class Backend:
         if "error" in output:
             self._problem(f"task {work.item['key']}: {output['error']}")
             return []
+        assert policy.config is not None
+        try:
+            if work.drawn is not None:
+                width, height = output["width"], output["height"]
+                labels = work.item.get("labels", policy.config.labels)
+                region = _answer_region(work.drawn, output["raw"], policy, labels)
+                prediction = prediction_from_regions(
+                    [region], policy.config, width, height, output["model_version"]
+                )
+            else:
+                done = convert_one(policy, work.item, output)
+                converted.append(done)
+                prediction = {k: v for k, v in done.prediction.items() if k != "task"}
+        except PolicyError as error:
+            self._problem(f"task {work.item['key']}: {error}")
+            return []
         self._count("predicted")
-        width, height = output["width"], output["height"]
-        version = output["model_version"]
-        if work.drawn is not None:
-            region = _answer_region(work.drawn, output["raw"], config, mapper)
-            return prediction_from_regions([region], config, width, height, version)
-        conversion = convert_output(output, work.kind, config, mapper, seed=work.item["image"])
-        if options.min_score:
-            kept = [
-                r for r in conversion.regions if r.score is None or r.score >= options.min_score
-            ]
-            return prediction_from_regions(kept, config, width, height, version, work.item["image"])
-        return conversion.prediction
+        return prediction
 
-    def _record(
-        self,
-        task: dict[str, Any],
-        project: str | None,
-        work: _Work,
-        output: dict[str, Any],
-        prediction: dict[str, Any],
-    ) -> None:
+    def _record(self, converted: list[Converted]) -> None:
         """Keep what the model said, for training data and quality reports later."""
-        if self.feedback is None:
+        if self.feedback is None or not converted:
             return
         try:
-            self.feedback.record_prediction(
-                task_id=task.get("id"),
-                project=project,
-                image=work.item["image"],
-                prompt=work.item["prompt"],
-                task_kind=work.kind.value,
-                raw=output["raw"],
-                result=prediction["result"],
-                model_version=prediction["model_version"],
-                width=output["width"],
-                height=output["height"],
-                scores=output.get("scores"),
-                score=prediction.get("score"),
-            )
+            self.feedback.record_predictions(done.record for done in converted)
         except Exception:  # recording must never cost Label Studio its predictions
-            log.exception("could not record the prediction of task %s", task.get("id"))
+            log.exception("could not record %d prediction(s)", len(converted))
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -315,29 +260,22 @@ def _drawn_regions(context: dict[str, Any] | None, config: LabelConfig) -> _Draw
 
 
 def _answer_region(
-    drawn: dict[str, Any], answer: str, config: LabelConfig, mapper: LabelMapper
+    drawn: dict[str, Any], answer: str, policy: Policy, labels: tuple[str, ...]
 ) -> Region:
     """The drawn region itself (same id) with the model's answer.
 
     With a per-region TextArea the answer becomes the region's text; without one, the answer
     ("a small grey cat") picks the region's label when it names one.
     """
+    assert policy.config is not None
     value = drawn["value"]
-    labels = value.get("rectanglelabels") or value.get("labels") or []
-    label = labels[0] if labels else None
+    chosen = value.get("rectanglelabels") or value.get("labels") or []
+    label = chosen[0] if chosen else None
     box = box_from_rectangle(value, drawn.get("original_width"), drawn.get("original_height"))
     text = clean_model_text(answer).strip()
-    if config.text_control:
+    if policy.config.text_control:
         return Region(box=box, label=label, text=text, id=drawn.get("id"))
-    return Region(box=box, label=mapper.label_for(text) or label, id=drawn.get("id"))
-
-
-def _item(key: str, image: str, task: Task, prompt: str) -> dict[str, Any]:
-    return {"key": key, "image": image, "task": task.value, "prompt": prompt}
-
-
-def _task_setting(settings: Settings) -> Task | None:
-    return Task(settings.default_task) if settings.default_task else None
+    return Region(box=box, label=policy.mapper(labels).label_for(text) or label, id=drawn.get("id"))
 
 
 def _project_id(project: str | int | None) -> str:

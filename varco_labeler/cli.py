@@ -10,22 +10,28 @@ import sys
 from pathlib import Path
 
 from varco_labeler.engine.profiles import DEFAULT_MODEL
-from varco_labeler.labelstudio import LabelConfigError, LabelMapper, read_label_config
+from varco_labeler.labelstudio import LabelConfigError, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from varco_labeler.policy import Policy, PolicyError, parse_extra_params
+    from varco_labeler.settings import Settings, SettingsError
+
     try:
         config = read_label_config(Path(args.label_config).read_text(encoding="utf-8"))
-        mapper = LabelMapper(config.labels, config.aliases, fallback=args.fallback_label)
-    except (OSError, LabelConfigError, ValueError) as error:
+        extra = parse_extra_params(args.extra_params)
+        if args.fallback_label:
+            extra["fallback_label"] = args.fallback_label
+        policy = Policy.resolve(Settings.from_env(), config, extra, version=args.model_version)
+    except (OSError, LabelConfigError, PolicyError, SettingsError) as error:
         print(f"error: {args.label_config}: {error}", file=sys.stderr)
         return 2
     tasks, bad, regions = [], 0, 0
     with open(
         args.input or sys.stdin.fileno(), encoding="utf-8", closefd=bool(args.input)
     ) as source:
-        for task, report in convert_lines(source, config, mapper, args.model_version):
+        for task, report in convert_lines(source, policy):
             where = f"line {report.line}" + (f" ({report.image})" if report.image else "")
             if task is None:
                 bad += 1
@@ -51,30 +57,37 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from varco_labeler.engine.load import load_engine
     from varco_labeler.engine.predict import run_predict
+    from varco_labeler.policy import Policy
+    from varco_labeler.settings import Settings, SettingsError
 
     missing = [image for image in args.images if not Path(image).is_file()]
     if missing:
         print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.task == "question" and not args.prompt:
-        print("error: --task question needs --prompt", file=sys.stderr)
+    if args.task in ("question", "referring") and not args.prompt:
+        print(f"error: --task {args.task} needs --prompt", file=sys.stderr)
         return 2
-    engine = None
-    if args.openai_url:
-        from varco_labeler.engine.openai_engine import OpenAIEngine
-
-        engine = OpenAIEngine(args.openai_url, args.model, max_concurrency=args.batch_size)
-    options = {} if engine else {"device": args.device, "dtype": args.dtype}
+    try:
+        settings = Settings.from_env(
+            model=args.model,
+            batch_size=args.batch_size,
+            openai_url=args.openai_url,
+            profile=args.profile,
+        )
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    policy = Policy.resolve(settings, task=args.task, prompt=args.prompt)
+    options = {} if settings.openai_url else {"device": args.device, "dtype": args.dtype}
+    engine = load_engine(settings, **options)
     records = run_predict(
-        args.model,
-        args.task,
+        engine,
+        policy,
         args.images,
-        prompt=args.prompt,
-        batch_size=args.batch_size,
+        batch_size=settings.batch_size,
         max_new_tokens=args.max_new_tokens,
-        engine=engine,
-        **options,
     )
     for record in records:
         print(json.dumps(record, ensure_ascii=False), flush=True)
@@ -195,8 +208,19 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", type=int, help="Label Studio project id")
 
 
+def _add_extra_params_argument(parser: argparse.ArgumentParser, default: str = "none") -> None:
+    parser.add_argument(
+        "--extra-params",
+        metavar="JSON",
+        help="the project's model settings, as typed into Label Studio's Extra params: "
+        '{"task": "ocr", "fallback_label": "Other", "ocr_label": "Text", "min_score": 0.5, '
+        '"question": "..."} (' + default + ")",
+    )
+
+
 def _prelabel(args: argparse.Namespace) -> int:
     from varco_labeler.labelstudio import LabelConfigError
+    from varco_labeler.policy import PolicyError, parse_extra_params
     from varco_labeler.prelabel import Selection, prelabel_folder, prelabel_project
     from varco_labeler.queue import QueueUnavailable
     from varco_labeler.settings import Settings, SettingsError
@@ -204,28 +228,40 @@ def _prelabel(args: argparse.Namespace) -> int:
     if (args.project is None) == (args.images is None):
         print("error: give --project ID or --images DIR", file=sys.stderr)
         return 2
+    if args.images and not args.label_config:
+        print("error: --images needs --label-config", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env(
-            model=args.model, redis_url=args.redis_url, batch_size=args.batch_size
+            model=args.model,
+            redis_url=args.redis_url,
+            batch_size=args.batch_size,
+            profile=args.profile,
         )
         logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        extra = parse_extra_params(args.extra_params) if args.extra_params else None
         if args.images:
-            if not args.label_config:
-                print("error: --images needs --label-config", file=sys.stderr)
-                return 2
             tasks, summary = prelabel_folder(
                 settings,
                 Path(args.images),
                 Path(args.label_config).read_text(encoding="utf-8"),
                 args.url_prefix,
+                extra_params=extra,
             )
             with open(args.out, "w", encoding="utf-8") if args.out else sys.stdout as out:
                 json.dump(tasks, out, ensure_ascii=False, indent=1)
         else:
             ids = frozenset(int(t) for t in args.tasks.split(",")) if args.tasks else None
             selection = Selection(args.unlabelled, args.view, ids)
-            summary = prelabel_project(settings, args.project, selection)
-    except (SettingsError, LabelConfigError, QueueUnavailable, ValueError, OSError) as error:
+            summary = prelabel_project(settings, args.project, selection, extra_params=extra)
+    except (
+        SettingsError,
+        LabelConfigError,
+        PolicyError,
+        QueueUnavailable,
+        ValueError,
+        OSError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(summary.text(), file=sys.stderr)
@@ -249,6 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             log_level=args.log_level,
             batch_size=args.batch_size,
+            profile=args.profile,
         )
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -288,10 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="""\
 Turn raw VARCO-VISION outputs into a Label Studio import file (tasks with predictions).
 
-Input: JSON Lines, one model output per line:
-  {"image": PATH_OR_URL, "output": RAW_TEXT, "task": "grounding"|"ocr", "width"?: W, "height"?: H}
-"task" defaults to what the label config asks for (OCR when it has a per-region TextArea).
+Input: JSON Lines, one model output per line. The lines `varco-labeler predict` prints go in as
+they are (their "regions" are used, already post-processed for the checkpoint); outputs from
+elsewhere give the raw text instead, which is parsed:
+  {"image": PATH_OR_URL, "regions": [...] | "output": RAW_TEXT, "task"?: "grounding"|"ocr",
+   "width"?: W, "height"?: H, "model_version"?: V, "labels"?: [...]}
+"task" defaults to the project policy's (OCR when the config has a per-region TextArea).
 Image sizes are read from local files when not given; URLs need "width" and "height".
+"labels" lists a task's own labels when the config takes them from task data.
 
 Output: the import file on stdout; import it in Label Studio or with the SDK.
 Bad lines are reported on stderr with their number and skipped (exit status 1);
@@ -304,13 +345,14 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     convert.add_argument(
         "--model-version",
         default="varco-import",
-        help="model_version stored with each prediction (default: %(default)s)",
+        help="model_version of lines that do not carry one (default: %(default)s)",
     )
     convert.add_argument(
         "--fallback-label",
         metavar="LABEL",
         help="label for grounded phrases that match no label (default: drop them)",
     )
+    _add_extra_params_argument(convert)
     convert.add_argument(
         "-v",
         "--verbose",
@@ -349,8 +391,7 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument(
         "--model",
-        default=os.environ.get("VARCO_MODEL", DEFAULT_MODEL),
-        help="checkpoint id or local path (default: env VARCO_MODEL or %(default)s)",
+        help=f"checkpoint id or local path (default: env VARCO_MODEL or {DEFAULT_MODEL})",
     )
     predict.add_argument(
         "--task",
@@ -362,10 +403,15 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         "--prompt",
         help="the question (question task) or a full prompt that replaces the task's standard one",
     )
-    predict.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    predict.add_argument("--batch-size", type=int, help="default: env VARCO_BATCH_SIZE or 8")
     predict.add_argument("--max-new-tokens", type=int, help="default: the checkpoint profile's")
     predict.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
     predict.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    predict.add_argument(
+        "--profile",
+        help="checkpoint profile to run the model under, e.g. VARCO-VISION-2.0-1.7B-OCR "
+        "(env VARCO_PROFILE; default: the one saved with the model, else by its name)",
+    )
     predict.add_argument(
         "--openai-url",
         metavar="URL",
@@ -421,6 +467,13 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         help="the workers' queue (env REDIS_URL); unset: run the model in this process",
     )
     prelabel.add_argument("--batch-size", type=int, help="tasks per job (env VARCO_BATCH_SIZE)")
+    prelabel.add_argument(
+        "--profile", help="checkpoint profile, without a queue (env VARCO_PROFILE; see predict)"
+    )
+    _add_extra_params_argument(
+        prelabel,
+        "default with --project: those of the model connected to the project in Label Studio",
+    )
     prelabel.set_defaults(handler=_prelabel)
 
     export = commands.add_parser(
@@ -547,6 +600,9 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     serve.add_argument("--port", type=int, help="port to listen on (env PORT, default 9090)")
     serve.add_argument("--batch-size", type=int, help="tasks per GPU batch (env VARCO_BATCH_SIZE)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL)")
+    serve.add_argument(
+        "--profile", help="checkpoint profile, embedded mode (env VARCO_PROFILE; see predict)"
+    )
     serve.set_defaults(handler=_serve)
     return parser
 

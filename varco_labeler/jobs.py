@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +22,10 @@ from redis import Redis
 from rq import get_current_job
 
 from varco_labeler.engine.base import Engine, Request
-from varco_labeler.labelstudio.config import LabelConfig, read_label_config
+from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
-from varco_labeler.labelstudio.labels import LabelMapper
-from varco_labeler.labelstudio.predictions import Conversion, prediction_from_varco
 from varco_labeler.labelstudio.sink import PredictionSink
+from varco_labeler.policy import Policy
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
 
@@ -50,7 +50,8 @@ class OutputCache:
     def key(image_bytes: bytes, prompt: str, model_version: str) -> str:
         digest = hashlib.sha256(image_bytes)
         digest.update(b"\0" + prompt.encode() + b"\0" + model_version.encode())
-        return f"varco:output:{digest.hexdigest()}"
+        # v2: outputs hold regions (v1 held text to parse again): never mix the two.
+        return f"varco:output:v2:{digest.hexdigest()}"
 
     def get(self, key: str) -> dict[str, Any] | None:
         if self.redis is not None:
@@ -106,39 +107,28 @@ def install(context: JobContext) -> None:
 
 def build_context(settings: Settings, redis: Redis | None = None) -> JobContext:
     """Load the engine (once per process) with what a job needs around it."""
-    engine: Engine
-    if settings.openai_url:
-        from varco_labeler.engine.openai_engine import OpenAIEngine
+    from varco_labeler.engine.load import load_engine  # torch: only here
 
-        engine = OpenAIEngine(
-            settings.openai_url,
-            settings.model,
-            max_concurrency=settings.batch_size,
-            model_version=settings.version,
-        )
-    else:
-        from varco_labeler.engine.transformers_engine import TransformersEngine  # torch: only here
-
-        engine = TransformersEngine(
-            settings.model, max_batch_size=settings.batch_size, model_version=settings.version
-        )
     fetcher = ImageFetcher.from_settings(settings)
-    return JobContext(engine, fetcher, OutputCache(redis, ttl=settings.cache_ttl), settings)
+    cache = OutputCache(redis, ttl=settings.cache_ttl)
+    return JobContext(load_engine(settings), fetcher, cache, settings)
 
 
 def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the model on a batch of ``{"key", "image", "task", "prompt"}`` items.
 
-    Returns one ``{"key", "width", "height", "raw", "scores", "model_version", "cached"}`` per
-    item, in order, or ``{"key", "error"}`` for an item whose image could not be used. Outputs
-    already computed for the same image bytes, prompt and model version come from the cache.
+    Returns one output per item, in order: ``{"key", "width", "height", "model_version",
+    "regions", "notes", "raw", "cached", ...}``, where ``regions`` are the engine's regions after
+    the checkpoint's post-processing (box, phrase or text, score) and ``raw`` the text they came
+    from, for the record; or ``{"key", "error", "retryable"}`` for an item whose image could not
+    be used. Outputs already computed for the same image bytes, prompt and model version come
+    from the cache.
     """
-    if _context is None:
-        raise RuntimeError("no engine installed in this process: start it with varco-worker")
-    engine, cache = _context.engine, _context.cache
+    context = _installed()
+    engine, cache = context.engine, context.cache
     outputs: list[dict[str, Any] | None] = [None] * len(items)
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []
-    downloads = _context.downloads.map(_download, [item["image"] for item in items])
+    downloads = context.downloads.map(_download, [item["image"] for item in items])
     for index, (item, download) in enumerate(zip(items, downloads, strict=True)):
         head = {"key": item["key"]}
         if isinstance(download, ImageError):
@@ -158,13 +148,7 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if pending:
         results = engine.generate([request for _, request, _, _ in pending])
         for (index, _, cache_key, head), result in zip(pending, results, strict=True):
-            output = {
-                "raw": result.raw,
-                "scores": result.region_scores,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "seconds": result.seconds,
-            }
+            output = result.to_json()
             cache.put(cache_key, output)
             outputs[index] = {**head, **output, "cached": False}
     assert all(output is not None for output in outputs)
@@ -173,57 +157,107 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _download(ref: str) -> tuple[Image.Image, bytes] | ImageError:
     """Fetch on a download thread; a failure comes back as a value, to be reported per task."""
-    assert _context is not None
     try:
-        return _context.fetcher.fetch(ref)
+        return _installed().fetcher.fetch(ref)
     except ImageError as error:
         return error
 
 
-def convert_output(
-    output: dict[str, Any], task: Task | str, config: LabelConfig, mapper: LabelMapper, seed: str
-) -> Conversion:
-    """A :func:`predict_batch` output as a Label Studio prediction for a project's config."""
-    return prediction_from_varco(
-        output["raw"],
-        task,
-        config,
-        mapper,
-        output["width"],
-        output["height"],
-        output["model_version"],
-        scores=output.get("scores"),
-        seed=seed,
-    )
-
-
-def prelabel_batch(project: int, label_config: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+def prelabel_batch(
+    project: int, policy_json: dict[str, Any], items: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Predict a batch of a project's tasks and push the predictions to Label Studio in bulk.
 
+    ``policy_json`` is the project's :class:`Policy`, resolved once by whoever started the run.
     Items carry ``task_id``. Safe to run twice (a retry after a killed worker, or a restarted
     ``prelabel``): tasks that already have a prediction of this model version are not pushed
-    again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id: reason}}``.
+    again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id: reason},
+    "records": [PredictionRecord JSON]}``: the caller records them in the feedback store.
     """
-    if _context is None:
-        raise RuntimeError("no engine installed in this process: start it with varco-worker")
-    config = read_label_config(label_config)
-    mapper = LabelMapper(config.labels, config.aliases)
-    outputs = predict_batch(items)
-    unreachable = [output["error"] for output in outputs if output.get("retryable")]
-    if unreachable:
-        # The image server is down (a Label Studio restart?): fail the job so that RQ runs it
-        # again later, rather than report these tasks as failed for good.
-        raise RuntimeError(f"images unreachable, job to be retried: {unreachable[0]}")
-    predictions, failed = [], {}
-    for item, output in zip(items, outputs, strict=True):
-        if "error" in output:
-            failed[str(item["task_id"])] = output["error"]
-            continue
-        conversion = convert_output(output, item["task"], config, mapper, seed=item["image"])
-        predictions.append({"task": item["task_id"], **conversion.prediction})
+    context = _installed()
+    policy = Policy.from_json(policy_json)
+    predictions, failed = convert_batch(policy, items, predict_batch(items))
     job = get_current_job()
     # A queue job run again (its worker died, or it failed) may have pushed before: check for
     # that. Without a queue (embedded) a batch runs once.
-    rerun = job is not None and (job.retries_left or 0) < _context.settings.job_retries
-    pushed, present = _context.label_studio().push(project, predictions, may_have_landed=rerun)
-    return {"pushed": pushed, "present": present, "failed": failed}
+    rerun = job is not None and (job.retries_left or 0) < context.settings.job_retries
+    pushed, present = context.label_studio().push(
+        project, [p.prediction for p in predictions], may_have_landed=rerun
+    )
+    return {
+        "pushed": pushed,
+        "present": present,
+        "failed": failed,
+        "records": [p.record.to_json() for p in predictions],
+    }
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One task's prediction for Label Studio, and the record of how it was made."""
+
+    prediction: dict[str, Any]
+    record: PredictionRecord
+    dropped: list[str]
+
+
+def convert_batch(
+    policy: Policy, items: Sequence[dict[str, Any]], outputs: Sequence[dict[str, Any]]
+) -> tuple[list[Converted], dict[str, str]]:
+    """Outputs of :func:`predict_batch` as predictions under a policy; failures by task.
+
+    Raises when images were unreachable (a Label Studio restart?), so that a queue job is run
+    again later rather than its tasks reported as failed for good.
+    """
+    unreachable = [output["error"] for output in outputs if output.get("retryable")]
+    if unreachable:
+        raise RuntimeError(f"images unreachable, job to be retried: {unreachable[0]}")
+    converted, failed = [], {}
+    for item, output in zip(items, outputs, strict=True):
+        if "error" in output:
+            failed[str(item.get("task_id", item["key"]))] = output["error"]
+            continue
+        converted.append(convert_one(policy, item, output))
+    return converted, failed
+
+
+def convert_one(policy: Policy, item: Mapping[str, Any], output: Mapping[str, Any]) -> Converted:
+    """One finished output as a prediction (with its task id, for a push) and its record.
+
+    ``item["reference"]``, when set, is how Label Studio will know the image (a folder run's
+    URL prefix), else the image as fetched.
+    """
+    task_id = item.get("task_id")
+    reference = item.get("reference", item["image"])
+    conversion = policy.convert(
+        output, labels=item.get("labels"), task=Task(item["task"]), seed=reference
+    )
+    prediction = conversion.prediction
+    record = PredictionRecord(
+        task_id=task_id,
+        project=item.get("project"),
+        image=reference,
+        prompt=item["prompt"],
+        task_kind=item["task"],
+        raw=output["raw"],
+        regions=output["regions"],
+        result=prediction["result"],
+        model_version=prediction["model_version"],
+        width=output["width"],
+        height=output["height"],
+        score=prediction.get("score"),
+    )
+    if task_id is not None:
+        prediction = {"task": task_id, **prediction}
+    return Converted(prediction, record, conversion.dropped)
+
+
+def engine_version() -> str:
+    """The model version the installed engine stamps on its predictions."""
+    return _installed().engine.model_version
+
+
+def _installed() -> JobContext:
+    if _context is None:
+        raise RuntimeError("no engine installed in this process: start it with varco-worker")
+    return _context

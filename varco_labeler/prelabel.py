@@ -22,10 +22,11 @@ from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
 from varco_labeler import jobs
-from varco_labeler.labelstudio import LabelMapper, read_label_config
+from varco_labeler.feedback.store import FeedbackStore, PredictionRecord
+from varco_labeler.labelstudio import read_label_config
+from varco_labeler.policy import Policy, PolicyError, agreed_version
 from varco_labeler.queue import RQDispatcher, batches
 from varco_labeler.settings import Settings
-from varco_labeler.varco import Task, prompt_for
 
 log = logging.getLogger(__name__)
 
@@ -80,46 +81,70 @@ def select_tasks(
     return todo, len(chosen) - len(todo)
 
 
+def connected_extra_params(client: LabelStudio, project: int) -> Any:
+    """The ``extra_params`` of the ML backend connected to the project, as "Retrieve
+    predictions" would use them; None when no backend is connected."""
+    backends = sorted(client.ml.list(project=project), key=lambda backend: backend.id)
+    if len(backends) > 1:
+        log.warning(
+            "project %d has %d ML backends connected; using the settings of the first (id %d, %s)",
+            project,
+            len(backends),
+            backends[0].id,
+            backends[0].url,
+        )
+    return backends[0].extra_params if backends else None
+
+
 def prelabel_project(
-    settings: Settings, project: int, selection: Selection = Selection(), progress: bool = True
+    settings: Settings,
+    project: int,
+    selection: Selection = Selection(),
+    *,
+    extra_params: Any = None,
+    store: FeedbackStore | None = None,
+    progress: bool = True,
 ) -> Summary:
+    """Pre-label a project's tasks under the project's policy (its label config and the
+    connected model's ``extra_params``, unless ``extra_params`` is given), recording every
+    prediction in the feedback store."""
     if not (settings.label_studio_url and settings.label_studio_api_key):
         raise ValueError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     started = time.monotonic()
     client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
-    config_xml = client.projects.get(id=project).label_config
-    config = read_label_config(config_xml)
-    kind = Task(settings.default_task) if settings.default_task else config.default_task
-    todo, skipped = select_tasks(client, project, settings.version, selection)
+    config = read_label_config(client.projects.get(id=project).label_config)
+    if extra_params is None:
+        extra_params = connected_extra_params(client, project)
+    dispatcher = None if settings.embedded else RQDispatcher(settings)
+    workers = dispatcher.model_versions() if dispatcher else {}
+    if dispatcher and not workers:
+        log.warning("no worker is running on queue %r: jobs wait for one", settings.queue_name)
+    version = agreed_version(settings.version, settings.model_chosen, workers)
+    policy = Policy.resolve(settings, config, extra_params, version=version)
+    todo, skipped = select_tasks(client, project, policy.model_version, selection)
     summary = Summary(skipped=skipped)
     items = []
     for task in todo:
-        image = (task.data or {}).get(config.data_key)
-        if isinstance(image, str) and image:
+        try:
             items.append(
-                {
-                    "key": str(task.id),
-                    "task_id": task.id,
-                    "image": image,
-                    "task": kind.value,
-                    "prompt": prompt_for(kind),
-                }
+                policy.item(str(task.id), task.data or {}, task_id=task.id, project=project)
             )
-        else:
-            summary.failed[str(task.id)] = f"no image in data[{config.data_key!r}]"
-    calls = [(project, config_xml, job) for job in batches(items, settings.prelabel_job_size)]
+        except PolicyError as error:
+            summary.failed[str(task.id)] = str(error)
+    calls = [(project, policy.to_json(), job) for job in batches(items, settings.prelabel_job_size)]
+    store = store or FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     bar = tqdm(total=len(items), unit="task", desc=f"project {project}", disable=not progress)
     with bar, _interrupt_as_keyboard():
-        run = _InlineRun(settings, calls) if settings.embedded else _QueueRun(settings, calls)
+        run = _QueueRun(dispatcher, calls) if dispatcher else _InlineRun(settings, calls)
         try:
             for outcome in run.outcomes():
-                _tally(summary, outcome)
+                _tally(summary, outcome, store)
                 bar.update(outcome["count"])
         except KeyboardInterrupt:
             summary.interrupted = True
             with suppress(KeyboardInterrupt):
                 for outcome in run.stop():
-                    _tally(summary, outcome)
+                    _tally(summary, outcome, store)
                     bar.update(outcome["count"])
     summary.seconds = time.monotonic() - started
     return summary
@@ -134,8 +159,8 @@ class _InlineRun:
 
     def outcomes(self) -> Iterator[dict[str, Any]]:
         while self.calls:
-            project, config_xml, batch = self.calls.pop(0)
-            yield {"count": len(batch), **_safely(project, config_xml, batch)}
+            project, policy, batch = self.calls.pop(0)
+            yield {"count": len(batch), **_safely(project, policy, batch)}
 
     def stop(self) -> Iterator[dict[str, Any]]:
         return iter(())  # the batch being run when Ctrl-C came was abandoned before its push
@@ -144,8 +169,8 @@ class _InlineRun:
 class _QueueRun:
     """Prelabel jobs on the queue's workers; this process only watches them finish."""
 
-    def __init__(self, settings: Settings, calls: list[tuple[Any, ...]]) -> None:
-        self.dispatcher = RQDispatcher(settings)
+    def __init__(self, dispatcher: RQDispatcher, calls: list[tuple[Any, ...]]) -> None:
+        self.dispatcher = dispatcher
         submitted = self.dispatcher.submit(jobs.PRELABEL_BATCH, calls)
         self.task_ids = {
             job.id: [item["task_id"] for item in args[2]]
@@ -184,15 +209,21 @@ class _QueueRun:
             yield from self.outcomes(list(self.open.values()))
 
 
-def _safely(project: int, config_xml: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
+def _safely(project: int, policy: dict[str, Any], batch: list[dict[str, Any]]) -> dict[str, Any]:
     try:
-        return jobs.prelabel_batch(project, config_xml, batch)
+        return jobs.prelabel_batch(project, policy, batch)
     except Exception as error:  # one bad batch must not end a 10,000-task run
         log.exception("batch of tasks %s failed", [item["task_id"] for item in batch])
         return {"failed": {str(item["task_id"]): str(error) for item in batch}}
 
 
-def _tally(summary: Summary, outcome: dict[str, Any]) -> None:
+def _tally(summary: Summary, outcome: dict[str, Any], store: FeedbackStore) -> None:
+    """Count a job's outcome and record its predictions (the job's worker has no database)."""
+    records = [PredictionRecord(**record) for record in outcome.get("records", [])]
+    try:
+        store.record_predictions(records)
+    except Exception:  # the predictions are in Label Studio: losing the record must not stop a run
+        log.exception("could not record %d prediction(s) in the feedback store", len(records))
     summary.done += len(outcome.get("pushed", []))
     summary.skipped += len(outcome.get("present", []))
     summary.failed.update(outcome.get("failed", {}))
@@ -213,39 +244,52 @@ def prelabel_folder(
     folder: Path,
     label_config: str,
     url_prefix: str | None = None,
+    *,
+    extra_params: Any = None,
+    store: FeedbackStore | None = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], Summary]:
     """Pre-label image files with the model in this process; returns Label Studio import tasks.
 
     Each task's image is ``url_prefix`` + the path relative to ``folder`` (for example
-    ``/data/local-files/?d=photos/``), or the absolute path without a prefix.
+    ``/data/local-files/?d=photos/``), or the absolute path without a prefix. The policy is the
+    one a project with this label config and ``extra_params`` gets; every prediction is recorded
+    in the feedback store, under the image reference the import file gives.
     """
     started = time.monotonic()
     config = read_label_config(label_config)
-    mapper = LabelMapper(config.labels, config.aliases)
-    kind = Task(settings.default_task) if settings.default_task else config.default_task
+    if config.labels_data_key is not None:
+        raise ValueError(
+            f"the label config takes its labels from each task's data[{config.labels_data_key!r}]"
+            ", which a folder of images does not have; list the labels in the config"
+        )
+    policy = Policy.resolve(settings, config, extra_params)
     folder = folder.resolve()
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     jobs.install(jobs.build_context(_with_root(settings, folder)))
+    store = store or FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     tasks, summary = [], Summary()
     with tqdm(total=len(paths), unit="image", desc=str(folder), disable=not progress) as bar:
         for chunk in batches(paths, settings.batch_size):
             items = [
-                {"key": str(p), "image": str(p), "task": kind.value, "prompt": prompt_for(kind)}
-                for p in chunk
+                policy.item(
+                    str(path),
+                    {config.data_key: str(path)},
+                    reference=url_prefix + path.relative_to(folder).as_posix()
+                    if url_prefix
+                    else str(path),
+                )
+                for path in chunk
             ]
-            for path, output in zip(chunk, jobs.predict_batch(items), strict=True):
-                if "error" in output:
-                    summary.failed[str(path)] = output["error"]
-                    continue
-                reference = (
-                    (url_prefix + path.relative_to(folder).as_posix()) if url_prefix else str(path)
-                )
-                conversion = jobs.convert_output(output, kind, config, mapper, seed=reference)
+            converted, failed = jobs.convert_batch(policy, items, jobs.predict_batch(items))
+            for done in converted:
+                reference = done.record.image
                 tasks.append(
-                    {"data": {config.data_key: reference}, "predictions": [conversion.prediction]}
+                    {"data": {config.data_key: reference}, "predictions": [done.prediction]}
                 )
-                summary.done += 1
+            store.record_predictions(done.record for done in converted)
+            summary.done += len(converted)
+            summary.failed.update(failed)
             bar.update(len(chunk))
     summary.seconds = time.monotonic() - started
     return tasks, summary

@@ -50,12 +50,20 @@ class QueueUnavailable(RuntimeError):
     """Redis cannot be reached; the message says where and why."""
 
 
+# Worker name -> the model version it runs, written by each worker when it starts.
+WORKER_VERSIONS = "varco:worker-versions"
+
+
 class Dispatcher(Protocol):
     def run(self, items: Sequence[Item], deadline: float) -> list[Output | None]:
         """Outputs in item order; ``None`` for items not finished within ``deadline`` seconds."""
         ...
 
     def status(self) -> dict[str, Any]: ...
+
+    def model_versions(self) -> dict[str, str]:
+        """The model version each live worker runs (empty when this process runs the model)."""
+        ...
 
 
 def batches(items: Sequence[T], size: int) -> list[list[T]]:
@@ -193,6 +201,15 @@ class RQDispatcher:
         except RedisError as error:
             return {"redis": self._unreachable(error)}
 
+    def model_versions(self) -> dict[str, str]:
+        try:
+            live = {worker.name for worker in Worker.all(queue=self.queue)}
+            published = self.redis.hgetall(WORKER_VERSIONS)
+        except RedisError:
+            return {}
+        versions = {name.decode(): version.decode() for name, version in published.items()}
+        return {name: version for name, version in versions.items() if name in live}
+
     def _unreachable(self, error: Exception) -> str:
         where = self.redis.connection_pool.connection_kwargs
         return (
@@ -237,6 +254,9 @@ class InlineDispatcher:
 
     def status(self) -> dict[str, Any]:
         return {"mode": "embedded", "queued_batches": self._pending}
+
+    def model_versions(self) -> dict[str, str]:
+        return {}
 
 
 def _last_line(text: str | None, fallback: str) -> str:

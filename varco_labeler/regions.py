@@ -7,8 +7,9 @@ and back: result JSON -> regions -> :func:`regions_to_varco` -> the answer the m
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from varco_labeler.varco import Box, OcrItem, Parsed, Phrase, Task, Text, format_items
 
@@ -31,6 +32,28 @@ class Region:
     def with_(self, **changes: object) -> Region:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: how regions travel through the queue and sit in the feedback store."""
+        return {
+            "box": list(self.box.as_tuple()),
+            "label": self.label,
+            "phrase": self.phrase,
+            "text": self.text,
+            "score": self.score,
+            "id": self.id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Region:
+        return cls(
+            box=Box(*data["box"]),
+            label=data.get("label"),
+            phrase=data.get("phrase"),
+            text=data.get("text"),
+            score=data.get("score"),
+            id=data.get("id"),
+        )
+
 
 def regions_from_varco(
     parsed: Parsed, scores: Sequence[float | None] | None = None
@@ -48,6 +71,30 @@ def regions_from_varco(
             else:
                 regions.append(Region(box=box, text=item.text, score=score))
     return regions
+
+
+@dataclass(frozen=True)
+class ParserNotes:
+    """What the parser dropped from or repaired in the model's text, as plain strings (JSON)."""
+
+    dropped: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, parsed: Parsed) -> ParserNotes:
+        return cls(
+            tuple(str(p) for p in parsed.problems if p.dropped),
+            tuple(str(p) for p in parsed.problems if not p.dropped),
+        )
+
+
+def model_output(parsed: Parsed, scores: Sequence[float | None] | None = None) -> dict[str, Any]:
+    """What the model said, as JSON: its regions (one per box) and the parser's notes. This is
+    what crosses the queue and what ``predict`` prints; nobody parses the text again."""
+    return {
+        "regions": [region.to_json() for region in regions_from_varco(parsed, scores)],
+        "notes": asdict(ParserNotes.of(parsed)),
+    }
 
 
 def regions_to_varco(regions: Iterable[Region], task: Task | str) -> str:

@@ -7,13 +7,14 @@ A wrong value fails at start with a message naming the variable.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
-from varco_labeler.engine.profiles import DEFAULT_MODEL
+from varco_labeler.engine.profiles import DEFAULT_MODEL, profile_for, profile_named, profile_names
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -25,6 +26,9 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
+    # The checkpoint profile (prompts, token limits, OCR handling), when the model's name or its
+    # varco_profile.json does not say: a known checkpoint's name, or "generic".
+    profile: str | None = None
     # What predictions are stamped with; backend and workers must agree (default: model's name).
     model_version: str | None = None
     # An OpenAI-compatible server (vLLM) that serves the model; unset: load it with transformers.
@@ -69,14 +73,15 @@ class Settings:
 
     @property
     def version(self) -> str:
-        """VARCO_MODEL_VERSION, else the version ``train`` stamped on it, else the model's name."""
-        from varco_labeler.feedback.train import trained_model_version  # no torch at import
+        """The model version predictions carry (see :func:`varco_labeler.policy.model_version`)."""
+        from varco_labeler.policy import model_version
 
-        return (
-            self.model_version
-            or trained_model_version(self.model)
-            or Path(self.model.rstrip("/")).name
-        )
+        return model_version(self.model, self.model_version)
+
+    @property
+    def model_chosen(self) -> bool:
+        """Whether the model (or its version) was chosen, rather than left at the default."""
+        return self.model != DEFAULT_MODEL or self.model_version is not None
 
     @property
     def embedded(self) -> bool:
@@ -108,26 +113,32 @@ class Settings:
             raise SettingsError(f"LOG_LEVEL={self.log_level!r} must be one of {LOG_LEVELS}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
-        if not 0 < self.port < 65536:
-            raise SettingsError(f"port {self.port} is not a TCP port")
-        for name in (
-            "batch_size",
-            "job_timeout",
-            "result_ttl",
-            "max_image_bytes",
-            "max_pending_tasks",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{_ENV_NAMES[name]} must be positive")
-        if self.predict_deadline <= 0:
-            raise SettingsError("VARCO_PREDICT_DEADLINE must be positive")
+        for name, (valid, wanted) in _NUMBER_RULES.items():
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and valid(value)):
+                raise SettingsError(f"{_ENV_NAMES[name]} must be {wanted}, got {value!r}")
         if self.default_task not in (None, "grounding", "ocr"):
             raise SettingsError(f"VARCO_TASK={self.default_task!r} must be grounding or ocr")
+        if self.profile is not None:
+            try:
+                profile_named(self.profile)
+            except ValueError:
+                raise SettingsError(
+                    f"VARCO_PROFILE={self.profile!r} is not a known profile; "
+                    f"choose one of {', '.join(profile_names())}"
+                ) from None
+        else:
+            try:
+                profile_for(self.model)  # a model directory's varco_profile.json must be readable
+            except ValueError as error:
+                raise SettingsError(f"VARCO_MODEL: {error}") from None
 
 
 _ENV_NAMES = {
     "model": "VARCO_MODEL",
     "model_version": "VARCO_MODEL_VERSION",
+    "profile": "VARCO_PROFILE",
     "openai_url": "VARCO_OPENAI_URL",
     "redis_url": "REDIS_URL",
     "queue_name": "VARCO_QUEUE",
@@ -155,6 +166,30 @@ _ENV_NAMES = {
     "default_task": "VARCO_TASK",
 }
 assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
+
+_POSITIVE = (lambda value: value > 0, "positive")
+_NOT_NEGATIVE = (lambda value: value >= 0, "0 or more")
+_TCP_PORT = (lambda value: 0 < value < 65536, "a TCP port (1-65535)")
+# Every number setting and what it must be; check() names the variable when one is not.
+_NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "port": _TCP_PORT,
+    "batch_size": _POSITIVE,
+    "prelabel_job_size": _POSITIVE,
+    "predict_deadline": _POSITIVE,
+    "max_pending_tasks": _POSITIVE,
+    "job_timeout": _POSITIVE,
+    "job_retries": _NOT_NEGATIVE,
+    "result_ttl": _POSITIVE,
+    "cache_ttl": _POSITIVE,
+    "max_image_bytes": _POSITIVE,
+    "max_image_pixels": _POSITIVE,
+    "image_timeout": _POSITIVE,
+}
+assert set(_NUMBER_RULES) == {
+    f.name
+    for f in fields(Settings)
+    if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+}, "every number setting needs a rule in _NUMBER_RULES"
 
 
 def _convert(name: str, variable: str, raw: str) -> object:

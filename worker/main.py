@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import suppress
 
+from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from varco_labeler import jobs
-from varco_labeler.queue import connect
+from varco_labeler.queue import WORKER_VERSIONS, connect
 from varco_labeler.settings import Settings, SettingsError
 from worker.heartbeat import HeartbeatWorker
 
@@ -28,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queue", dest="queue_name", help="queue name (env VARCO_QUEUE)")
     parser.add_argument(
         "--batch-size", type=int, help="images per GPU batch (env VARCO_BATCH_SIZE)"
+    )
+    parser.add_argument(
+        "--profile",
+        help="checkpoint profile (env VARCO_PROFILE; default: the one saved with the model, "
+        "else by its name)",
     )
     parser.add_argument("--name", help="worker name shown in /health (default: host and pid)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_url=args.redis_url,
             queue_name=args.queue_name,
             batch_size=args.batch_size,
+            profile=args.profile,
         )
     except SettingsError as error:
         print(f"varco-worker: {error}", file=sys.stderr)
@@ -81,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         log_job_description=False,
     )
     worker.heartbeat_interval = args.heartbeat
-    log.info("ready: queue %r, model version %s", settings.queue_name, settings.version)
-    # SIGTERM: RQ finishes the running job, then exits (warm shutdown).
-    worker.work(with_scheduler=False, logging_level=settings.log_level, burst=args.burst)
+    version = jobs.engine_version()
+    # prelabel and the backend ask which version the live workers run (see queue.model_versions).
+    redis.hset(WORKER_VERSIONS, worker.name, version)
+    log.info("ready: queue %r, model version %s", settings.queue_name, version)
+    try:
+        # SIGTERM: RQ finishes the running job, then exits (warm shutdown).
+        worker.work(with_scheduler=False, logging_level=settings.log_level, burst=args.burst)
+    finally:
+        with suppress(RedisError):
+            redis.hdel(WORKER_VERSIONS, worker.name)
     return 0
 
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
 from varco_labeler.engine.profiles import (
     DEFAULT_MODEL,
     GENERIC,
+    PROFILE_FILE,
+    PROFILES,
     MergeLevel,
+    Profile,
     merge_characters,
     profile_for,
+    profile_named,
     upscale_to_long_side,
+    write_profile,
 )
 from varco_labeler.varco import Box, OcrItem, Phrase, Task, parse
+
+OCR = "NCSOFT/VARCO-VISION-2.0-1.7B-OCR"
 
 
 def test_known_checkpoints_by_hub_id_and_by_local_directory_name():
@@ -24,6 +34,85 @@ def test_known_checkpoints_by_hub_id_and_by_local_directory_name():
     assert profile_for("NCSOFT/VARCO-VISION-2.0-1.7B").ocr_merge is MergeLevel.CHARACTER
     assert profile_for("/tmp/tiny-varco") is GENERIC
     assert profile_for("someone/VARCO-VISION-2.0-1.7B-OCR-finetuned") is GENERIC
+
+
+def test_a_hub_cache_snapshot_gets_its_checkpoints_profile():
+    snapshot = "/hf/hub/models--NCSOFT--VARCO-VISION-2.0-1.7B-OCR/snapshots/0123abcd/"
+    assert profile_for(snapshot).name == OCR
+    assert profile_for("/hf/hub/models--someone--other/snapshots/0123abcd") is GENERIC
+
+
+def test_a_directory_saying_its_profile_gets_it_whatever_its_name(tmp_path: Path):
+    model = tmp_path / "my-finetune"
+    model.mkdir()
+    assert profile_for(model) is GENERIC  # the name says nothing
+    written = write_profile(model, PROFILES[OCR])
+    assert written == model / PROFILE_FILE
+    assert json.loads(written.read_text()) == {"profile": OCR}
+    assert profile_for(model) is PROFILES[OCR]
+    assert profile_for(str(model) + "/") is PROFILES[OCR]
+    # The file wins over a misleading name.
+    named = tmp_path / "VARCO-VISION-2.0-1.7B-OCR"
+    named.mkdir()
+    write_profile(named, "generic")
+    assert json.loads((named / PROFILE_FILE).read_text()) == {"profile": "generic"}
+    assert profile_for(named) is GENERIC
+
+
+@pytest.mark.parametrize(
+    "name", [OCR, OCR.lower(), "VARCO-VISION-2.0-1.7B-OCR", " varco-vision-2.0-1.7b-ocr "]
+)
+def test_an_override_by_full_or_short_name_wins(tmp_path: Path, name: str):
+    model = tmp_path / "my-finetune"
+    model.mkdir()
+    write_profile(model, "generic")
+    assert profile_for(model, name) is PROFILES[OCR]
+    assert profile_for("NCSOFT/VARCO-VISION-14B-HF", name) is PROFILES[OCR]
+    assert profile_for(f"/models/{OCR.split('/')[1]}", "GENERIC") is GENERIC
+    assert profile_named(name) is PROFILES[OCR]
+
+
+def test_every_known_profile_round_trips_through_the_file(tmp_path: Path):
+    for profile in (*PROFILES.values(), GENERIC):
+        write_profile(tmp_path, profile)
+        assert profile_for(tmp_path) is profile
+
+
+@pytest.mark.parametrize("override", ["VARCO-VISION-3", "NCSOFT/", "", "ocr"])
+def test_an_unknown_override_lists_the_known_names(override: str):
+    with pytest.raises(ValueError, match="unknown profile") as error:
+        profile_for("/models/whatever", override)
+    assert all(name in str(error.value) for name in (*PROFILES, "generic"))
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"profile": "VARCO-VISION-3"}', "unknown profile 'VARCO-VISION-3'"),
+        ('{"name": "generic"}', "no profile name"),
+        ('{"profile": 3}', "no profile name"),
+        ('["generic"]', "no profile name"),
+        ("{not json", "cannot read it"),
+        ("", "cannot read it"),
+    ],
+)
+def test_a_bad_profile_file_names_the_file_and_the_known_names(
+    tmp_path: Path, content: str, problem: str
+):
+    (tmp_path / PROFILE_FILE).write_text(content)
+    with pytest.raises(ValueError, match=problem) as error:
+        profile_for(tmp_path)
+    assert str(tmp_path / PROFILE_FILE) in str(error.value)
+    assert all(name in str(error.value) for name in (*PROFILES, "generic"))
+    assert profile_for(tmp_path, "generic") is GENERIC  # an override does not read it
+
+
+def test_only_known_profiles_can_be_written(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown profile 'custom'"):
+        write_profile(tmp_path, Profile("custom"))
+    with pytest.raises(ValueError, match="differs"):
+        write_profile(tmp_path, Profile(OCR))  # a known name, other settings
+    assert not (tmp_path / PROFILE_FILE).exists()
 
 
 def test_token_limits_per_task():

@@ -5,6 +5,7 @@ the engine."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,13 @@ pytest.importorskip("trl", reason="the training tests need the train extra (trl,
 torch = pytest.importorskip("torch")
 
 from varco_labeler.engine.base import Request  # noqa: E402  (needs torch)
+from varco_labeler.engine.profiles import (  # noqa: E402
+    GENERIC,
+    PROFILE_FILE,
+    PROFILES,
+    profile_for,
+    write_profile,
+)
 from varco_labeler.engine.tiny import BLUE, RED, solid_image  # noqa: E402
 from varco_labeler.engine.transformers_engine import TransformersEngine  # noqa: E402
 from varco_labeler.feedback.train import (  # noqa: E402
@@ -95,6 +103,10 @@ def test_lora_sft_writes_adapter_merged_model_and_summary(
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "model", SUMMARY_FILE]
     assert trained_model_version(out / "model") == summary.model_version
     assert trained_model_version(tiny_model_dir) is None
+    # The base's profile travels with the model (the tiny base has the generic one).
+    assert json.loads((out / "model" / PROFILE_FILE).read_text()) == {"profile": "generic"}
+    assert summary.profile == "generic" and profile_for(out / "model") is GENERIC
+    assert not (out / "adapter" / PROFILE_FILE).exists()
 
     # The adapter: LoRA on the language model's projections, nothing on the vision tower.
     adapter = out / "adapter"
@@ -160,6 +172,40 @@ def test_full_fine_tune_leaves_the_vision_tower(
     assert any("language_model" in name for name in changed)
     assert any("multi_modal_projector" in name for name in changed)
     assert not any("vision_tower" in name for name in changed)
+    assert json.loads((tmp_path / "out" / "model" / PROFILE_FILE).read_text()) == {
+        "profile": "generic"
+    }
+
+
+def test_the_trained_model_keeps_the_base_checkpoints_profile_whatever_it_is_called(
+    tiny_model_dir: Path, tmp_path: Path, png_images: ImageReader
+) -> None:
+    ocr = PROFILES["NCSOFT/VARCO-VISION-2.0-1.7B-OCR"]
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")  # the shared fixture stays as is
+    write_profile(base, ocr)
+    assert profile_for(base) is ocr
+    export([corrected(1)], "trl-sft", tmp_path / "sft", 0.0, images=png_images)
+    out = tmp_path / "runs" / "whatever-1"
+    summary = train(tmp_path / "sft", base, out, max_steps=1, batch_size=1, gradient_accumulation=1)
+    assert summary.profile == ocr.name
+    assert json.loads((out / "model" / PROFILE_FILE).read_text()) == {"profile": ocr.name}
+    assert profile_for(out / "model") is ocr
+    # Copied anywhere under any name, it is still served as the OCR checkpoint.
+    moved = shutil.copytree(out / "model", tmp_path / "my-finetune")
+    assert profile_for(moved) is ocr
+    assert profile_for(moved).ocr_min_long_side == 2304
+
+
+def test_a_base_with_a_bad_profile_file_is_refused_before_training(
+    tiny_model_dir: Path, tmp_path: Path, png_images: ImageReader
+) -> None:
+    export([corrected(1)], "trl-sft", tmp_path / "sft", 0.0, images=png_images)
+    base = tmp_path / "base"
+    base.mkdir()  # no weights needed: refused before they are loaded
+    (base / PROFILE_FILE).write_text('{"profile": "VARCO-VISION-3"}')
+    with pytest.raises(TrainError, match="unknown profile 'VARCO-VISION-3'"):
+        train(tmp_path / "sft", base, tmp_path / "out", max_steps=1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_what_is_not_a_trl_export_is_refused(tmp_path: Path, png_images: ImageReader) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
+from varco_labeler.regions import model_output
 from varco_labeler.varco import Parsed, Task
 
 
@@ -41,6 +43,17 @@ class Result:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Regions (after the checkpoint's post-processing), parser notes, the raw text for the
+        record, and token counts: plain JSON for the queue, the cache and ``predict``."""
+        return {
+            **model_output(self.parsed, self.region_scores),
+            "raw": self.raw,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 class Engine(ABC):

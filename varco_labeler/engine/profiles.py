@@ -7,6 +7,7 @@ character; Label Studio users want words or lines).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -98,13 +99,75 @@ PROFILES: Mapping[str, Profile] = MappingProxyType(
 GENERIC = Profile("generic")
 
 
-def profile_for(model: str | Path) -> Profile:
-    """The profile for a hub id or a local directory named like one; else the generic profile.
+# A model directory may say which profile it takes (``train`` writes it), whatever it is called.
+PROFILE_FILE = "varco_profile.json"
 
-    The last path component decides, so ``/models/VARCO-VISION-2.0-1.7B-OCR`` and a hub cache
-    snapshot of it get the OCR profile.
+
+def profile_names() -> list[str]:
+    """The names :func:`profile_named` and :data:`PROFILE_FILE` take: the known ones and generic."""
+    return [*PROFILES, GENERIC.name]
+
+
+def profile_named(name: str) -> Profile:
+    """A known profile by its full name (``NCSOFT/VARCO-VISION-2.0-1.7B-OCR``), its short name
+    (``VARCO-VISION-2.0-1.7B-OCR``) or ``generic``, case-insensitive; else ValueError."""
+    wanted = name.strip().lower()
+    for profile in (*PROFILES.values(), GENERIC):
+        if wanted in (profile.name.lower(), profile.name.split("/")[-1].lower()):
+            return profile
+    raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(profile_names())}")
+
+
+def profile_for(model: str | Path, override: str | None = None) -> Profile:
+    """The profile to run ``model`` with.
+
+    ``override`` (a name :func:`profile_named` takes) wins. Else a local directory holding
+    :data:`PROFILE_FILE` gets the profile that file names (an unreadable or unknown one is a
+    ValueError). Else the name decides: a hub id or a local directory named like a known
+    checkpoint (the last path component, so ``/models/VARCO-VISION-2.0-1.7B-OCR``), or a hub cache
+    snapshot of one (``.../models--NCSOFT--VARCO-VISION-2.0-1.7B-OCR/snapshots/<rev>``); anything
+    else gets the generic profile.
     """
-    name = str(model).rstrip("/").lower()
+    if override is not None:
+        return profile_named(override)
+    marker = Path(model) / PROFILE_FILE
+    if marker.is_file():
+        return _read_profile(marker)
+    return _profile_by_name(str(model))
+
+
+def write_profile(model_dir: str | Path, profile: Profile | str) -> Path:
+    """Write :data:`PROFILE_FILE` into ``model_dir`` so the model loads with ``profile`` whatever
+    its directory is called; return the file. Only known profiles (or generic) can be written."""
+    name = profile.name if isinstance(profile, Profile) else profile
+    known = profile_named(name)  # refuses what could not be read back
+    if isinstance(profile, Profile) and profile != known:
+        raise ValueError(f"profile {name!r} differs from the known one of that name")
+    path = Path(model_dir) / PROFILE_FILE
+    path.write_text(json.dumps({"profile": known.name}) + "\n", encoding="utf-8")
+    return path
+
+
+def _read_profile(path: Path) -> Profile:
+    expected = f'{{"profile": NAME}} with NAME one of {", ".join(profile_names())}'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read it ({error}); expected {expected}") from None
+    name = data.get("profile") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: no profile name in it; expected {expected}")
+    try:
+        return profile_named(name)
+    except ValueError:
+        raise ValueError(f"{path}: unknown profile {name!r}; expected {expected}") from None
+
+
+def _profile_by_name(model: str) -> Profile:
+    name = model.rstrip("/").lower()
+    parts = name.split("/")
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        name = parts[-3].removeprefix("models--").replace("--", "/")  # the hub cache's layout
     for known, profile in PROFILES.items():
         short = known.split("/")[-1].lower()
         if name == known.lower() or name.endswith("/" + short) or name == short:

@@ -7,18 +7,21 @@ VARCO tag tokens, and the VARCO-VISION-14B-HF ChatML chat template. It loads thr
 
 Its weights are random, then briefly taught a few answers (``TEACHING``) so that it emits parseable
 VARCO output that depends on the image: tests can then check parsing, region scores and that the
-vision path is alive, without any download. Everything here needs the ``worker`` extra (torch).
+vision path is alive, without any download. Other answers can be taught from a JSON Lines file
+(``read_lessons``; ``varco-labeler tiny-model DIR --lessons FILE``), e.g. one-box-per-character OCR
+like VARCO-VISION-2.0-1.7B-OCR. Everything here needs the ``worker`` extra (torch).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tokenizers import pre_tokenizers
 from transformers import (
     AutoModelForImageTextToText,
@@ -84,14 +87,32 @@ IMAGE_SIZE = 32
 PATCH_SIZE = 8
 GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
+# The longest sequence (image + chat + answer tokens) the text model takes. Rotary positions cost
+# nothing per position, so this is generous: with one byte per token, a 40-character OCR answer of
+# `<char>S</char><bbox>0.123, 0.345, 0.234, 0.678</bbox>` items is about 1,300 tokens.
+MAX_POSITIONS = 8192
+
+Colour = tuple[int, int, int]
+
 
 @dataclass(frozen=True)
 class Lesson:
-    """An answer the tiny model is taught to give for a plain-coloured image and a prompt."""
+    """An answer the tiny model is taught to give for an image and a prompt.
 
-    colour: tuple[int, int, int]
+    ``image`` is a solid colour (taught on ``solid_image(colour)``) or a PIL image. ``origin`` says
+    where the lesson came from (``file:line``), for error messages.
+    """
+
+    image: Colour | Image.Image
     prompt: str
     answer: str
+    origin: str = field(default="", compare=False)
+
+    def picture(self) -> Image.Image:
+        """The RGB image taught on."""
+        if isinstance(self.image, Image.Image):
+            return self.image.convert("RGB")
+        return solid_image(self.image)
 
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -108,9 +129,73 @@ TEACHING = (
 )
 
 
-def solid_image(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> Image.Image:
+MIN_TEACHING_STEPS = 150
+_LESSON_KEYS = ("image", "prompt", "answer")
+
+
+def solid_image(colour: Colour, size: tuple[int, int] = (48, 40)) -> Image.Image:
     """A plain image of one colour; the tiny model was taught on these."""
     return Image.new("RGB", size, colour)
+
+
+def read_lessons(path: str | Path) -> list[Lesson]:
+    """Lessons from a JSON Lines file: ``{"image": PATH, "prompt": TEXT, "answer": TEXT}`` a line.
+
+    Relative image paths resolve against the file's folder; images are converted to RGB. Blank
+    lines are skipped. Raises ``ValueError`` naming the file and line for a bad line or image, or
+    for a file without lessons, and ``OSError`` if the file cannot be read.
+    """
+    path = Path(path)
+    lessons = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                lessons.append(_lesson(path, number, line))
+    if not lessons:
+        raise ValueError(f"{path}: no lessons; expected one JSON object per line: {_EXPECTED}")
+    return lessons
+
+
+_EXPECTED = '{"image": PATH, "prompt": TEXT, "answer": TEXT}'
+
+
+def _lesson(path: Path, number: int, line: str) -> Lesson:
+    where = f"{path} line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not JSON ({error}); expected {_EXPECTED}") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{where}: expected a JSON object {_EXPECTED}, got {type(record).__name__}"
+        )
+    missing = [key for key in _LESSON_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}; expected {_EXPECTED}")
+    unknown = sorted(set(record) - set(_LESSON_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown {', '.join(map(repr, unknown))}; expected {_EXPECTED}")
+    for key in _LESSON_KEYS:
+        if not isinstance(record[key], str):
+            kind = type(record[key]).__name__
+            raise ValueError(f"{where}: {key!r} must be a string, got {kind}; expected {_EXPECTED}")
+    image_path = path.parent / record["image"]  # an absolute image path stays as it is
+    try:
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"{where}: image not found: {image_path}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: expected an image file: {image_path} ({error})") from None
+    return Lesson(image, record["prompt"], record["answer"], origin=where)
+
+
+def default_teaching_steps(lessons: Sequence[Lesson]) -> int:
+    """The default number of teaching steps: 150, more for long answers.
+
+    STEPS_FORMULA
+    """
+    return MIN_TEACHING_STEPS
 
 
 def build_tiny_model(
@@ -119,11 +204,13 @@ def build_tiny_model(
     text_model: TextModel = "qwen2",
     seed: int = 0,
     lessons: Sequence[Lesson] = TEACHING,
-    teaching_steps: int = 150,
+    teaching_steps: int | None = None,
 ) -> Path:
     """Build, teach and save a tiny VARCO-shaped checkpoint in ``out_dir``; return ``out_dir``.
 
     ``lessons=()`` leaves the weights random (the output is then byte noise).
+    ``teaching_steps=None`` takes ``default_teaching_steps(lessons)``. Raises ``ValueError`` if a lesson
+    is longer than the model takes (``MAX_POSITIONS`` tokens with the image and chat template).
     """
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
@@ -154,7 +241,10 @@ def build_tiny_model(
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _teach(model, processor, lessons, teaching_steps)
+            steps = (
+                teaching_steps if teaching_steps is not None else default_teaching_steps(lessons)
+            )
+            _teach(model, processor, lessons, steps)
         finally:
             torch.set_num_threads(threads)
     model.eval()
@@ -211,7 +301,7 @@ def _text_config(text_model: TextModel, *, vocab_size: int) -> Qwen2Config | Qwe
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=False,
     )
     if text_model == "qwen2":
@@ -230,7 +320,19 @@ def _teach(
     """Overfit the lessons with loss on the answer tokens only, as SFT would."""
     prompts = [_chat(processor, lesson.prompt) for lesson in lessons]
     answers = [lesson.answer + END_OF_TURN for lesson in lessons]
-    images = [solid_image(lesson.colour) for lesson in lessons]
+    images = [lesson.picture() for lesson in lessons]
+    for index, (lesson, image, prompt, answer) in enumerate(
+        zip(lessons, images, prompts, answers, strict=True)
+    ):
+        length = processor(images=[image], text=[prompt + answer], return_tensors="pt")[
+            "input_ids"
+        ].shape[1]
+        if length > MAX_POSITIONS:
+            where = lesson.origin or f"lesson {index + 1}"
+            raise ValueError(
+                f"{where}: too long for the tiny model: image, prompt and answer take {length} "
+                f"tokens (one per byte and tag), over its {MAX_POSITIONS}"
+            )
     batch = processor(
         images=images,
         text=[p + a for p, a in zip(prompts, answers, strict=True)],

@@ -11,10 +11,11 @@ and a deletion is sticky.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,14 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from varco_labeler.regions import Region
-from varco_labeler.varco import Box
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,14 @@ class PredictionRow(Base):
     regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     result: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(256))
-    scores: Mapped[list[float | None] | None] = mapped_column(JSON)
     score: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime)
-    __table_args__ = (Index("ix_feedback_predictions_task", "task_id", "created_at"),)
+    # What makes a prediction the same one (see PredictionRecord.fingerprint): recorded once.
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    __table_args__ = (
+        Index("ix_feedback_predictions_task", "task_id", "created_at"),
+        Index("ix_feedback_predictions_fingerprint", "fingerprint", unique=True),
+    )
 
 
 class AnnotationRow(Base):
@@ -129,6 +133,48 @@ class EventRow(Base):
 
 
 @dataclass(frozen=True)
+class PredictionRecord:
+    """One prediction as the model made it, whatever path made it: the raw text, the regions
+    after the checkpoint's post-processing, and the Label Studio result they became.
+
+    Plain JSON fields: a prelabel job hands these back through the queue to the process that
+    records them, so workers need no database.
+    """
+
+    task_id: int | None
+    project: int | str | None
+    image: str
+    prompt: str
+    task_kind: str
+    raw: str
+    regions: list[dict[str, Any]]
+    result: list[dict[str, Any]]
+    model_version: str
+    width: int | None = None
+    height: int | None = None
+    score: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fingerprint(self) -> str:
+        """Same task (or image), prompt, model version and answer: the same prediction."""
+        parts = [str(self.project), str(self.task_id), self.image, self.prompt]
+        parts += [self.model_version, self.raw]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+    def row(self) -> dict[str, Any]:
+        return {
+            **self.to_json(),
+            "project": _project_id(self.project),
+            "task_kind": str(self.task_kind),
+            "fingerprint": self.fingerprint,
+            "created_at": _now(),
+        }
+
+
+@dataclass(frozen=True)
 class StoredTask:
     """A task with its annotations and predictions, in Label Studio's export shape."""
 
@@ -158,6 +204,7 @@ class FeedbackStore:
         else:
             self._write_lock = None
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -207,49 +254,24 @@ class FeedbackStore:
                 )
             )
 
-    def record_prediction(
-        self,
-        *,
-        task_id: int | None,
-        project: int | str | None,
-        image: str,
-        prompt: str,
-        task_kind: str,
-        raw: str,
-        result: Sequence[Mapping[str, Any]],
-        model_version: str,
-        regions: Sequence[Region] = (),
-        width: int | None = None,
-        height: int | None = None,
-        scores: Sequence[float | None] | None = None,
-        score: float | None = None,
-    ) -> int:
-        """Keep one prediction as made: raw model text, its regions and the Label Studio result.
+    def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
+        """Keep predictions as made: raw model text, regions and the Label Studio result.
 
-        ``project`` may be Label Studio's "ID.TIMESTAMP" form. Returns the row id.
+        Idempotent: a record already kept (the same fingerprint: a task served again from the
+        cache, a retried job, a rerun) is not kept twice. Returns how many rows were new.
         """
+        rows = [record.row() for record in records]
+        if not rows:
+            return 0
         with self._transaction() as conn:
-            inserted = conn.execute(
-                PredictionRow.__table__.insert()
-                .values(
-                    task_id=task_id,
-                    project=_project_id(project),
-                    image=image,
-                    width=width,
-                    height=height,
-                    prompt=prompt,
-                    task_kind=str(task_kind),
-                    raw=raw,
-                    regions=[region_to_json(r) for r in regions],
-                    result=list(result),
-                    model_version=model_version,
-                    scores=list(scores) if scores is not None else None,
-                    score=score,
-                    created_at=_now(),
-                )
-                .returning(PredictionRow.id)
+            statement = self._insert(PredictionRow.__table__).on_conflict_do_nothing(
+                index_elements=["fingerprint"]
             )
-            return int(inserted.scalar_one())
+            return conn.execute(statement, rows).rowcount or 0
+
+    def record_prediction(self, **fields: Any) -> None:
+        """One :class:`PredictionRecord` given by its fields."""
+        self.record_predictions([PredictionRecord(**fields)])
 
     # -- reading ---------------------------------------------------------------------------
     def tasks(self, project: int | None = None) -> list[StoredTask]:
@@ -421,26 +443,20 @@ class _Transaction:
                 self.lock.release()
 
 
-def region_to_json(region: Region) -> dict[str, Any]:
-    return {
-        "box": list(region.box.as_tuple()),
-        "label": region.label,
-        "phrase": region.phrase,
-        "text": region.text,
-        "score": region.score,
-        "id": region.id,
-    }
-
-
-def region_from_json(data: Mapping[str, Any]) -> Region:
-    return Region(
-        box=Box(*data["box"]),
-        label=data.get("label"),
-        phrase=data.get("phrase"),
-        text=data.get("text"),
-        score=data.get("score"),
-        id=data.get("id"),
-    )
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a store made by an earlier release up to date: ``create_all`` adds tables, not
+    columns. Only nullable columns are ever added, so old rows stay valid."""
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.execute(sql_text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def _annotation_json(row: Any) -> dict[str, Any]:

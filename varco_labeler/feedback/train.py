@@ -5,7 +5,9 @@ is a directory the engine loads like any checkpoint, and a new model version, so
 can compare the trained model's pre-labels with the old one's:
 
     out_dir/adapter/             the LoRA adapter (PEFT format), when trained with LoRA
-    out_dir/model/               the merged full model and its processor (left padding)
+    out_dir/model/               the merged full model and its processor (left padding), with
+                                 varco_profile.json naming the base checkpoint's profile, so the
+                                 engine serves it like the base whatever the directory is called
     out_dir/train_summary.json   what was trained on, how, and the new model version
 
 One process on one device (a GPU, or the CPU); needs the ``train`` extra (trl, peft).
@@ -23,6 +25,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from varco_labeler.engine.profiles import profile_for, write_profile
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class TrainSummary:
     adapter_dir: str | None
     created_at: str
     hyperparameters: dict[str, Any]
+    profile: str  # the base checkpoint's profile, written into model_dir (varco_profile.json)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +127,11 @@ def train(
         raise TrainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if lora and lora_r < 1:
         raise TrainError("lora_r must be at least 1")
+    try:
+        # Before hours of training: the trained model is served with the base's profile.
+        profile = profile_for(base_model)
+    except ValueError as error:
+        raise TrainError(str(error)) from None
     cuda = torch.cuda.is_available()
     bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
     gradient_checkpointing = cuda if gradient_checkpointing is None else gradient_checkpointing
@@ -182,6 +192,7 @@ def train(
         result = trainer.train()
         eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
         model_dir, adapter_dir = _save(trainer, base_model, out_dir, lora)
+        write_profile(model_dir, profile)
     checkpoints = out_dir / "checkpoints"
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # the trainer makes it even when it saves nothing
@@ -204,6 +215,7 @@ def train(
         adapter_dir=str(adapter_dir) if adapter_dir else None,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         hyperparameters=hyperparameters,
+        profile=profile.name,
     )
     text = json.dumps(summary.to_json(), indent=1, ensure_ascii=False)
     (out_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")

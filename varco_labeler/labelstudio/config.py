@@ -41,6 +41,9 @@ class LabelConfig:
     aliases: Mapping[str, str] = field(default_factory=dict)
     text_control: str | None = None
     prompt_control: str | None = None
+    # The task field that holds the labels when the control has none of its own
+    # (``<RectangleLabels value="$labels"/>``: Label Studio's dynamic labels).
+    labels_data_key: str | None = None
 
     @property
     def default_task(self) -> Task:
@@ -104,6 +107,17 @@ def read_label_config(xml: str) -> LabelConfig:
         if labels_controls:
             labels_control = labels_controls[0].name
             label_source = labels_controls[0]
+    labels = tuple(label_source.labels_attrs)
+    labels_data_key = None
+    if label_source.tag != "Rectangle" and not labels:
+        dynamic = _DATA_VARIABLE.match(str(label_source.attr.get("value") or ""))
+        if dynamic is None:
+            raise LabelConfigError(
+                f"<{label_source.tag} name={label_source.name!r}> has no <Label> children and no "
+                'value="$field" to take its labels from the task data; add labels, e.g. '
+                '<Label value="Object"/>'
+            )
+        labels_data_key = dynamic.group(1)
     text_areas = controls_on_image("TextArea")
     per_region = [c for c in text_areas if _truthy(c.attr.get("perRegion"))]
     prompt_areas = [c for c in text_areas if c not in per_region]
@@ -113,12 +127,29 @@ def read_label_config(xml: str) -> LabelConfig:
         data_key=variable.group(1),
         box_control=box.name,
         box_type=box.tag.lower(),
-        labels=tuple(label_source.labels_attrs),
+        labels=labels,
         labels_control=labels_control,
         aliases=_aliases(label_source.labels_attrs),
         text_control=per_region[0].name if per_region else None,
         prompt_control=prompt_areas[0].name if prompt_areas else None,
+        labels_data_key=labels_data_key,
     )
+
+
+def labels_from_task(config: LabelConfig, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The labels a task offers: the config's own, or for dynamic labels the task's list
+    (``[{"value": "Cat"}, ...]`` as Label Studio takes it, or plain strings)."""
+    if config.labels_data_key is None:
+        return config.labels
+    options = data.get(config.labels_data_key)
+    names = [o.get("value") if isinstance(o, Mapping) else o for o in options or ()]
+    labels = tuple(name.strip() for name in names if isinstance(name, str) and name.strip())
+    if not isinstance(options, list) or not labels:
+        raise LabelConfigError(
+            f"the labels come from the task's data[{config.labels_data_key!r}], which holds no "
+            'labels; give it a list like [{"value": "Cat"}, {"value": "Dog"}]'
+        )
+    return labels
 
 
 def _aliases(labels_attrs: Mapping[str, Any]) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Raw model outputs (JSON Lines) -> a Label Studio import file of tasks with predictions.
 
-Each input line: ``{"image": <path or URL>, "output": <raw VARCO text>, "task": "grounding"|"ocr",
-"width"?, "height"?}``. A bad line is reported with its number and skipped; the rest still converts.
+Each input line: ``{"image": <path or URL>, "regions": [...]`` (as ``predict`` prints them) ``or
+"output": <raw VARCO text>, "task"?: "grounding"|"ocr", "width"?, "height"?, "model_version"?}``.
+A bad line is reported with its number and skipped; the rest still converts.
 """
 
 from __future__ import annotations
@@ -13,13 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from varco_labeler.labelstudio.config import LabelConfig
 from varco_labeler.labelstudio.images import ImageError, displayed_size, open_image
-from varco_labeler.labelstudio.labels import LabelMapper
-from varco_labeler.labelstudio.predictions import prediction_from_varco
-from varco_labeler.varco import Task
-
-_TASKS_WITH_REGIONS = (Task.GROUNDING, Task.OCR)
+from varco_labeler.policy import BULK_TASKS, Policy, PolicyError
+from varco_labeler.regions import model_output
+from varco_labeler.varco import Task, parse
 
 
 class LineError(ValueError):
@@ -36,9 +34,10 @@ class LineReport:
 
 
 def convert_lines(
-    lines: Iterable[str], config: LabelConfig, mapper: LabelMapper, model_version: str
+    lines: Iterable[str], policy: Policy
 ) -> Iterator[tuple[dict[str, Any] | None, LineReport]]:
     """Yield (task or None, report) per non-blank line, in order."""
+    assert policy.config is not None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -46,25 +45,26 @@ def convert_lines(
         try:
             record = _record(line)
             report.image = record["image"]
-            task_kind = _task(record, config)
             width, height = _size(record)
-        except LineError as error:
+            output = {
+                "width": width,
+                "height": height,
+                "model_version": record.get("model_version") or policy.model_version,
+                **(record if "regions" in record else model_output(parse(record["output"]))),
+            }
+            data = {policy.config.data_key: record["image"]}
+            if policy.config.labels_data_key is not None:
+                data[policy.config.labels_data_key] = record.get("labels")
+            conversion = policy.convert(
+                output, labels=policy.labels_for(data), task=_task(record), seed=record["image"]
+            )
+        except (LineError, PolicyError) as error:
             report.error = str(error)
             yield None, report
             continue
-        conversion = prediction_from_varco(
-            record["output"],
-            task_kind,
-            config,
-            mapper,
-            width,
-            height,
-            model_version,
-            seed=record["image"],
-        )
         report.dropped = conversion.dropped
         report.regions = len(conversion.regions)
-        task = {"data": {config.data_key: record["image"]}, "predictions": [conversion.prediction]}
+        task = {"data": data, "predictions": [conversion.prediction]}
         yield task, report
 
 
@@ -75,23 +75,33 @@ def _record(line: str) -> dict[str, Any]:
         raise LineError(f"not valid JSON: {error}") from error
     if not isinstance(record, dict):
         raise LineError(f"expected a JSON object, got {type(record).__name__}")
-    for key in ("image", "output"):
-        if not isinstance(record.get(key), str) or not record[key]:
-            raise LineError(f'"{key}" must be a non-empty string')
+    if not isinstance(record.get("image"), str) or not record["image"]:
+        raise LineError('"image" must be a non-empty string')
+    if "regions" in record:
+        regions = record["regions"]
+        if not isinstance(regions, list) or not all(_is_region(r) for r in regions):
+            raise LineError('"regions" must be a list of {"box": [x1, y1, x2, y2], ...}')
+    elif not isinstance(record.get("output"), str):
+        raise LineError('give "regions" (as predict prints them) or "output" (the raw text)')
     return record
 
 
-def _task(record: dict[str, Any], config: LabelConfig) -> Task:
+def _is_region(region: Any) -> bool:
+    box = region.get("box") if isinstance(region, dict) else None
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    )
+
+
+def _task(record: dict[str, Any]) -> Task | None:
     name = record.get("task")
     if name is None:
-        return config.default_task
-    try:
-        task = Task(name)
-    except ValueError:
-        task = None
-    if task not in _TASKS_WITH_REGIONS:
+        return None
+    if name not in BULK_TASKS:
         raise LineError(f'"task" must be "grounding" or "ocr", got {name!r}')
-    return task
+    return Task(name)
 
 
 def _size(record: dict[str, Any]) -> tuple[int, int]:

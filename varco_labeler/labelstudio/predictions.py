@@ -9,7 +9,7 @@ from typing import Any
 from varco_labeler.labelstudio.config import LabelConfig
 from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.labelstudio.results import regions_to_results
-from varco_labeler.regions import Region, regions_from_varco
+from varco_labeler.regions import ParserNotes, Region, regions_from_varco
 from varco_labeler.varco import Task, parse
 
 
@@ -38,6 +38,43 @@ def prediction_from_regions(
     return prediction
 
 
+def conversion_from_regions(
+    regions: Sequence[Region],
+    task: Task | str,
+    config: LabelConfig,
+    mapper: LabelMapper,
+    width: int,
+    height: int,
+    model_version: str,
+    *,
+    min_score: float = 0.0,
+    seed: str = "",
+    notes: ParserNotes | None = None,
+) -> Conversion:
+    """Label the model's regions for a project, leave out what cannot be shown, and build the
+    prediction. ``notes``: what the parser dropped or repaired in the model's text."""
+    labelled, unmatched = mapper.assign(regions, task)
+    dropped = list(unmatched)
+    kept = []
+    for region in labelled:
+        name = region.phrase or region.text
+        if region.box.is_degenerate:
+            dropped.append(f"degenerate box {region.box.to_text()} ({name!r})")
+        elif region.score is not None and region.score < min_score:
+            dropped.append(f"score {region.score:.3f} below {min_score} ({name!r})")
+        elif config.labels_type is not None and not region.label:
+            # A labelled control shows nothing for a region without a label.
+            dropped.append(f"no label for {name!r}")
+        else:
+            kept.append(region)
+    return Conversion(
+        prediction=prediction_from_regions(kept, config, width, height, model_version, seed),
+        regions=kept,
+        dropped=[*(notes.dropped if notes else ()), *dropped],
+        repaired=list(notes.repaired if notes else ()),
+    )
+
+
 def prediction_from_varco(
     raw: str,
     task: Task | str,
@@ -49,20 +86,17 @@ def prediction_from_varco(
     scores: Sequence[float | None] | None = None,
     seed: str = "",
 ) -> Conversion:
-    """Parse raw model output, label its regions for the project and build the prediction.
-
-    ``scores`` holds one confidence per grounded item of the output, when the engine gave them.
-    """
+    """Raw model text from elsewhere (an import file): parse it, then as
+    :func:`conversion_from_regions`. ``scores``: one confidence per grounded item, if known."""
     parsed = parse(raw)
-    regions = regions_from_varco(parsed, scores)
-    labelled, unmatched = mapper.assign(regions, task)
-    degenerate = [r for r in labelled if r.box.is_degenerate]
-    kept = [r for r in labelled if not r.box.is_degenerate]
-    return Conversion(
-        prediction=prediction_from_regions(kept, config, width, height, model_version, seed),
-        regions=kept,
-        dropped=[str(p) for p in parsed.dropped]
-        + unmatched
-        + [f"degenerate box {r.box.to_text()} ({r.phrase or r.text!r})" for r in degenerate],
-        repaired=[str(p) for p in parsed.problems if not p.dropped],
+    return conversion_from_regions(
+        regions_from_varco(parsed, scores),
+        task,
+        config,
+        mapper,
+        width,
+        height,
+        model_version,
+        seed=seed,
+        notes=ParserNotes.of(parsed),
     )
