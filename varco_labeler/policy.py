@@ -40,15 +40,6 @@ class PolicyError(ValueError):
     """The settings cannot make a policy; the message says which and why."""
 
 
-def model_version(model: str | Path, pinned: str | None = None) -> str:
-    """The one name predictions carry: VARCO_MODEL_VERSION when pinned, else the version
-    ``train`` stamped on the model directory, else the model's last path component
-    (``NCSOFT/VARCO-VISION-14B-HF`` -> ``VARCO-VISION-14B-HF``)."""
-    from varco_labeler.feedback.train import trained_model_version  # no torch at import
-
-    return pinned or trained_model_version(model) or Path(str(model).rstrip("/")).name
-
-
 def agreed_version(own: str, explicit: bool, workers: Mapping[str, str]) -> str:
     """The model version a run on the queue will get: the workers' own.
 

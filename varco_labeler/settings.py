@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
-from varco_labeler.engine.profiles import DEFAULT_MODEL, profile_for, profile_named, profile_names
+from varco_labeler.engine.profiles import (
+    DEFAULT_MODEL,
+    model_version,
+    profile_for,
+    profile_named,
+    profile_names,
+)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -73,9 +79,7 @@ class Settings:
 
     @property
     def version(self) -> str:
-        """The model version predictions carry (see :func:`varco_labeler.policy.model_version`)."""
-        from varco_labeler.policy import model_version
-
+        """The model version predictions carry (see :func:`engine.profiles.model_version`)."""
         return model_version(self.model, self.model_version)
 
     @property

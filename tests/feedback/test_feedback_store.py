@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 import uuid
 from copy import deepcopy
+from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import labelstudio_fixture
 
 from varco_labeler.feedback.sources import examples_from_store
-from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.feedback.store import FeedbackStore, PredictionRecord
 from varco_labeler.regions import Region
 from varco_labeler.varco import Box
 
@@ -100,10 +103,9 @@ def test_recorded_prediction_pairs_with_the_annotation(store: FeedbackStore) -> 
         raw="<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>",
         result=result,
         model_version="tiny-v1",
-        regions=[Region(Box(0.1, 0.2, 0.4, 0.25), text="HELL0", score=0.5)],
+        regions=[Region(Box(0.1, 0.2, 0.4, 0.25), text="HELL0", score=0.5).to_json()],
         width=640,
         height=480,
-        scores=[0.5],
         score=0.5,
     )
     (example,) = examples_from_store(store)
@@ -160,3 +162,50 @@ def test_postgresql_store(postgres_store: FeedbackStore) -> None:
     assert counts["events"] == len(ALL) + 2
     (example,) = examples_from_store(postgres_store)
     assert example.ground_truth and example.answer.startswith("<char>HELLO</char>")
+
+
+def _record(**changes: Any) -> PredictionRecord:
+    fields: dict[str, Any] = dict(
+        task_id=7,
+        project=2,
+        image="/data/upload/2/a.png",
+        prompt="<ocr>",
+        task_kind="ocr",
+        raw="<char>A</char><bbox>0.1, 0.1, 0.2, 0.2</bbox>",
+        regions=[{"box": [0.1, 0.1, 0.2, 0.2], "text": "A", "score": 0.9}],
+        result=[],
+        model_version="v1",
+    )
+    return PredictionRecord(**(fields | changes))
+
+
+def test_a_prediction_is_recorded_once_however_often_it_arrives(store: FeedbackStore) -> None:
+    """A task served again from the cache, a retried job, a rerun: one row each."""
+    assert store.record_predictions([_record(), _record()]) == 1
+    assert store.record_predictions([_record(), _record(model_version="v2")]) == 1
+    assert store.record_predictions([_record(task_id=8)]) == 1
+    by_task = store.predictions_by_task()
+    assert [p["model_version"] for p in by_task[7]] == ["v1", "v2"]
+    assert by_task[7][0]["regions"] == _record().regions
+
+
+def test_a_store_made_by_an_earlier_release_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE feedback_predictions (id INTEGER PRIMARY KEY, task_id BIGINT, "
+            "project INTEGER, image TEXT, width INTEGER, height INTEGER, prompt TEXT, "
+            "task_kind VARCHAR(32), raw TEXT, regions JSON, result JSON, "
+            "model_version VARCHAR(256), scores JSON, score FLOAT, created_at DATETIME)"
+        )
+        old.execute(
+            "INSERT INTO feedback_predictions (task_id, image, prompt, task_kind, raw, regions, "
+            "result, model_version, created_at) VALUES (1, 'a', '<ocr>', 'ocr', '', '[]', '[]', "
+            "'old', '2026-01-01 00:00:00')"
+        )
+    store = FeedbackStore(f"sqlite:///{path}")
+    try:
+        assert store.record_predictions([_record(), _record()]) == 1
+        assert [p["model_version"] for p in store.predictions_by_task()[1]] == ["old"]
+    finally:
+        store.close()

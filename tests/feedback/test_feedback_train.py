@@ -23,6 +23,7 @@ from varco_labeler.engine.profiles import (  # noqa: E402
     GENERIC,
     PROFILE_FILE,
     PROFILES,
+    model_version,
     profile_for,
     write_profile,
 )
@@ -32,7 +33,6 @@ from varco_labeler.feedback.train import (  # noqa: E402
     SUMMARY_FILE,
     TrainError,
     train,
-    trained_model_version,
 )
 
 GROUNDING = prompt_for(Task.GROUNDING)
@@ -101,8 +101,8 @@ def test_lora_sft_writes_adapter_merged_model_and_summary(
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved == summary.to_json() == json.loads((out / "model" / SUMMARY_FILE).read_text())
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "model", SUMMARY_FILE]
-    assert trained_model_version(out / "model") == summary.model_version
-    assert trained_model_version(tiny_model_dir) is None
+    assert model_version(out / "model") == summary.model_version
+    assert model_version(tiny_model_dir) == tiny_model_dir.name
     # The base's profile travels with the model (the tiny base has the generic one).
     assert json.loads((out / "model" / PROFILE_FILE).read_text()) == {"profile": "generic"}
     assert summary.profile == "generic" and profile_for(out / "model") is GENERIC

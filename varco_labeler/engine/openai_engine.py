@@ -25,6 +25,7 @@ from PIL import Image
 from varco_labeler.engine.base import Engine, Request, Result
 from varco_labeler.engine.confidence import Token, region_scores
 from varco_labeler.engine.profiles import Profile, profile_for
+from varco_labeler.engine.profiles import model_version as default_version
 from varco_labeler.varco import clean_model_text, parse
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class OpenAIEngine(Engine):
         self.max_concurrency = max_concurrency
         self.retries = retries
         self.backoff = backoff
-        self.model_version = model_version or model
+        self.model_version = default_version(model, model_version)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),

@@ -20,6 +20,8 @@ from varco_labeler.engine.confidence import geometric_mean
 from varco_labeler.varco import Box, Grounded, Item, OcrItem, Parsed, Task, Text
 
 DEFAULT_MODEL = "NCSOFT/VARCO-VISION-14B-HF"
+# What ``varco-labeler train`` writes beside the model it saves, with the version it gave it.
+TRAIN_SUMMARY_FILE = "train_summary.json"
 
 # Grounding descriptions run to a few hundred tokens; OCR of a dense page to thousands.
 _MAX_NEW_TOKENS = MappingProxyType(
@@ -270,3 +272,20 @@ def _join(words: list[list[_Scored]]) -> _Scored:
     )
     known = [score for word in words for _, score in word if score is not None]
     return OcrItem(text, (union,)), geometric_mean(known)
+
+
+def model_version(model: str | Path, pinned: str | None = None) -> str:
+    """The one name predictions carry, for ``serve``, workers, ``prelabel`` and ``predict``:
+    ``pinned`` (VARCO_MODEL_VERSION), else the version ``train`` stamped on the model directory,
+    else the model's last path component (``NCSOFT/VARCO-VISION-14B-HF``: ``VARCO-VISION-14B-HF``).
+    """
+    if pinned:
+        return pinned
+    try:
+        summary = json.loads((Path(model) / TRAIN_SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    version = summary.get("model_version") if isinstance(summary, dict) else None
+    if isinstance(version, str) and version:
+        return version
+    return Path(str(model).rstrip("/")).name

@@ -26,6 +26,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from varco_labeler.engine.base import Engine, Request, Result
 from varco_labeler.engine.confidence import Token, region_scores
 from varco_labeler.engine.profiles import Profile, profile_for
+from varco_labeler.engine.profiles import model_version as default_version
 from varco_labeler.varco import clean_model_text, parse
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class TransformersEngine(Engine):
         # 14B-HF tokenizer does not set it.
         self.processor.tokenizer.padding_side = "left"
         self.end_of_turn_ids = _end_of_turn_ids(self.model, self.processor.tokenizer)
-        self.model_version = model_version or _model_version(model, self.model)
+        self.model_version = default_version(model, model_version)
         log.info("loaded %s in %.1f s", self.model_version, time.perf_counter() - started)
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
@@ -248,10 +249,3 @@ def _end_of_turn_ids(model: torch.nn.Module, tokenizer) -> set[int]:
         vocab[t] for t in ("<|im_end|>", tokenizer.eos_token, tokenizer.pad_token) if t in vocab
     )
     return ids
-
-
-def _model_version(model: str | Path, loaded: torch.nn.Module) -> str:
-    """``name@commit`` for hub checkpoints; the directory name for local ones."""
-    name = str(model) if not Path(model).exists() else Path(model).resolve().name
-    commit = getattr(loaded.config, "_commit_hash", None)
-    return f"{name}@{commit[:12]}" if commit else name

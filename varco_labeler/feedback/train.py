@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from varco_labeler.engine.profiles import profile_for, write_profile
+from varco_labeler.engine.profiles import TRAIN_SUMMARY_FILE, profile_for, write_profile
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _LEARNING_RATES = {
     ("dpo", True): 5e-6,
     ("dpo", False): 1e-6,
 }
-SUMMARY_FILE = "train_summary.json"
+SUMMARY_FILE = TRAIN_SUMMARY_FILE
 
 
 class TrainError(ValueError):
@@ -223,16 +223,6 @@ def train(
     (model_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
     log.info("trained %s in %.0f s: %d steps", version, summary.seconds, summary.steps)
     return summary
-
-
-def trained_model_version(model: str | Path) -> str | None:
-    """The model version :func:`train` gave a model directory it wrote; None for any other."""
-    try:
-        summary = json.loads((Path(model) / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = summary.get("model_version") if isinstance(summary, dict) else None
-    return version if isinstance(version, str) and version else None
 
 
 # -- the dataset -----------------------------------------------------------------------------
