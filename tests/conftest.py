@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import labelstudio_fixture
+from helpers import CHARACTER_OCR, GREEN, labelstudio_fixture
 
 
 @pytest.fixture
@@ -32,3 +32,19 @@ def tiny_model_dir(single_thread_torch: None, tmp_path_factory: pytest.TempPathF
     from varco_labeler.engine.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-varco"))
+
+
+@pytest.fixture(scope="session")
+def ocr_specialist_dir(single_thread_torch: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model taught, through a lessons file, to answer like the OCR specialist."""
+    import json
+
+    from PIL import Image
+
+    from varco_labeler.engine.tiny import build_tiny_model, read_lessons
+
+    root = tmp_path_factory.mktemp("ocr-specialist")
+    Image.new("RGB", (48, 40), GREEN).save(root / "green.png")
+    lesson = {"image": "green.png", "prompt": "<ocr>", "answer": CHARACTER_OCR}
+    (root / "lessons.jsonl").write_text(json.dumps(lesson) + "\n", encoding="utf-8")
+    return build_tiny_model(root / "tiny-ocr", lessons=read_lessons(root / "lessons.jsonl"))

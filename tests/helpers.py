@@ -39,3 +39,14 @@ CATS_CONFIG = """<View>
 
 # The labels of the tiny model's taught answers: a red image shows a cat, a blue one two dogs.
 CAT_DOG_CONFIG = label_config("grounding", ["Cat", "Dog"])
+
+# The OCR specialist (VARCO-VISION-2.0-1.7B-OCR) answers one <char> item per character; its
+# profile merges them into words. A green image reads "HI GO": two words, four characters.
+GREEN = (40, 160, 40)
+CHARACTER_OCR = (
+    "<char>H</char><bbox>0.1, 0.2, 0.15, 0.3</bbox>"
+    "<char>I</char><bbox>0.16, 0.2, 0.21, 0.3</bbox>"
+    "<char>G</char><bbox>0.4, 0.2, 0.45, 0.3</bbox>"
+    "<char>O</char><bbox>0.46, 0.2, 0.51, 0.3</bbox>"
+)
+OCR_PROFILE = "NCSOFT/VARCO-VISION-2.0-1.7B-OCR"

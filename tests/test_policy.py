@@ -104,7 +104,10 @@ def test_regions_are_converted_as_they_came_never_parsed_again():
 
 
 def test_min_score_fallback_and_ocr_label_apply_to_the_regions():
-    raw = "<obj>a bird</obj><bbox>0.1, 0.1, 0.3, 0.3</bbox> and <obj>a cat</obj><bbox>0.5, 0.5, 0.9, 0.9</bbox>"
+    raw = (
+        "<obj>a bird</obj><bbox>0.1, 0.1, 0.3, 0.3</bbox> and "
+        "<obj>a cat</obj><bbox>0.5, 0.5, 0.9, 0.9</bbox>"
+    )
     job_output = output(raw) | model_output(parse(raw), [0.9, 0.2])
     config = read_label_config(CAT_DOG_CONFIG)
     plain = Policy.resolve(SETTINGS, config).convert(job_output)
@@ -128,7 +131,7 @@ def test_labels_from_task_data_are_honoured_per_task():
     data = {"photo": "a.png", "options": [{"value": "Cat", "background": "red"}, "Bird"]}
     item = policy.item("1", data, task_id=1)
     assert item["labels"] == ["Cat", "Bird"] and item["image"] == "a.png"
-    raw = "<obj>a cat</obj><bbox>0.1, 0.1, 0.3, 0.3</bbox><obj>a dog</obj><bbox>0.5, 0.5, 0.9, 0.9</bbox>"
+    raw = "<obj>a cat</obj><bbox>0.1, 0.1, 0.3, 0.3</bbox><obj>dog</obj><bbox>0.5, 0.5, 1, 1</bbox>"
     conversion = policy.convert(output(raw) | model_output(parse(raw)), labels=item["labels"])
     assert [r["value"]["rectanglelabels"] for r in conversion.prediction["result"]] == [["Cat"]]
     with pytest.raises(PolicyError, match="data\\['options'\\], which holds no labels"):

@@ -95,10 +95,26 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from varco_labeler.engine.tiny import build_tiny_model
+    from varco_labeler.engine.tiny import TEACHING, build_tiny_model, read_lessons
 
-    path = build_tiny_model(Path(args.dir), text_model=args.text_model)
-    print(f"tiny model written to {path}", file=sys.stderr)
+    if args.steps is not None and args.steps < 0:
+        print("error: --steps must be 0 or more", file=sys.stderr)
+        return 2
+    lessons = list(TEACHING)
+    try:
+        if args.lessons:
+            taught = read_lessons(args.lessons)
+            lessons = lessons + taught if args.keep_default_lessons else taught
+        path = build_tiny_model(
+            Path(args.dir),
+            text_model=args.text_model,
+            lessons=lessons,
+            teaching_steps=args.steps,
+        )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"tiny model written to {path} ({len(lessons)} lesson(s))", file=sys.stderr)
     return 0
 
 
@@ -423,9 +439,24 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     tiny = commands.add_parser(
         "tiny-model",
         help="build the tiny offline VARCO-shaped model used by tests and benchmarks",
-        description="Build a ~140k-parameter LlavaOnevision model with a byte-level tokenizer, "
-        "the VARCO special tokens and the real chat template, entirely offline, and teach it a "
-        "few answers (solid red and blue images) so that its outputs parse. Seconds on a CPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Build a ~140k-parameter LlavaOnevision model with a byte-level tokenizer, the VARCO
+special tokens and the real chat template, entirely offline, and teach it a few
+answers (solid red and blue images) so that its outputs parse. Seconds on a CPU.
+
+--lessons FILE teaches your own answers instead (or as well, with
+--keep-default-lessons). FILE is JSON Lines, one lesson a line:
+
+  {"image": "sign.png", "prompt": "<ocr>", "answer": "<char>S</char><bbox>0.1, 0.3, 0.2, 0.6</bbox>..."}
+  {"image": "/data/cat.jpg", "prompt": "<gro>\\nDescribe the image in detail.", "answer": "..."}
+
+Relative image paths resolve against FILE's folder. The prompt must be the one the
+model will be asked (see varco_labeler.varco.prompt_for); the answer comes back
+exactly for that image and prompt, e.g. one <char> item per character like
+VARCO-VISION-2.0-1.7B-OCR. Long answers need more teaching: the default --steps is
+150 per 1,000 answer tokens (a byte or a tag each), at least 150; one 40-character
+OCR answer with boxes takes about 40 s on one CPU thread.""",
     )
     tiny.add_argument("dir", help="output directory")
     tiny.add_argument(
@@ -433,6 +464,23 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         choices=["qwen2", "qwen3"],
         default="qwen2",
         help="qwen2 like VARCO-VISION-14B-HF, qwen3 like 2.0 (default: %(default)s)",
+    )
+    tiny.add_argument(
+        "--lessons",
+        metavar="FILE",
+        help="JSON Lines of {image, prompt, answer} to teach instead of the built-in lessons",
+    )
+    tiny.add_argument(
+        "--keep-default-lessons",
+        action="store_true",
+        help="with --lessons: teach the built-in red/blue lessons as well",
+    )
+    tiny.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="teaching steps (default: 150 per 1,000 answer tokens, at least 150; 0 leaves the "
+        "weights random)",
     )
     tiny.set_defaults(handler=_tiny_model)
 

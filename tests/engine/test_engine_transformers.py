@@ -22,6 +22,8 @@ from varco_labeler.engine.tiny import (  # noqa: E402
     solid_image,
 )
 from varco_labeler.engine.transformers_engine import TransformersEngine  # noqa: E402
+from varco_labeler.policy import Policy  # noqa: E402
+from varco_labeler.settings import Settings  # noqa: E402
 from varco_labeler.varco import OcrItem, Phrase, Task, clean_model_text, parse  # noqa: E402
 
 
@@ -179,18 +181,22 @@ def test_run_predict_yields_one_record_per_image(tiny_engine, tmp_path):
     for name, colour in (("red.png", RED), ("blue.png", BLUE), ("red2.png", RED)):
         solid_image(colour).save(tmp_path / name)
         paths.append(tmp_path / name)
-    records = list(run_predict("unused", "grounding", paths, batch_size=2, engine=tiny_engine))
+    policy = Policy.resolve(Settings(model="unused"), task="grounding")
+    records = list(run_predict(tiny_engine, policy, paths, batch_size=2))
     assert [r["image"] for r in records] == [str(p) for p in paths]
     red, blue, _ = records
     assert red["regions"] == [
         {
             "box": [0.1, 0.2, 0.5, 0.9],
+            "label": None,
             "phrase": "red cat",
             "text": None,
             "score": red["regions"][0]["score"],
+            "id": None,
         }
     ]
     assert len(blue["regions"]) == 2  # one phrase, two boxes
     assert blue["regions"][0]["score"] == blue["regions"][1]["score"]
     assert red["model_version"] == tiny_engine.model_version
-    assert red["problems"] == []
+    assert (red["task"], red["width"], red["height"]) == ("grounding", 48, 40)
+    assert red["notes"] == {"dropped": [], "repaired": []}

@@ -179,8 +179,10 @@ def _record(**changes: Any) -> PredictionRecord:
     return PredictionRecord(**(fields | changes))
 
 
-def test_a_prediction_is_recorded_once_however_often_it_arrives(store: FeedbackStore) -> None:
+@pytest.mark.parametrize("kind", ["store", "postgres_store"])
+def test_a_prediction_is_recorded_once_however_often_it_arrives(kind: str, request) -> None:
     """A task served again from the cache, a retried job, a rerun: one row each."""
+    store = request.getfixturevalue(kind)
     assert store.record_predictions([_record(), _record()]) == 1
     assert store.record_predictions([_record(), _record(model_version="v2")]) == 1
     assert store.record_predictions([_record(task_id=8)]) == 1

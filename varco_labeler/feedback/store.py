@@ -264,10 +264,12 @@ class FeedbackStore:
         if not rows:
             return 0
         with self._transaction() as conn:
-            statement = self._insert(PredictionRow.__table__).on_conflict_do_nothing(
-                index_elements=["fingerprint"]
+            statement = (
+                self._insert(PredictionRow.__table__)
+                .on_conflict_do_nothing(index_elements=["fingerprint"])
+                .returning(PredictionRow.id)  # rows skipped as already kept return nothing
             )
-            return conn.execute(statement, rows).rowcount or 0
+            return len(conn.execute(statement, rows).all())
 
     def record_prediction(self, **fields: Any) -> None:
         """One :class:`PredictionRecord` given by its fields."""
@@ -306,13 +308,19 @@ class FeedbackStore:
                 for task in conn.execute(tasks)
             ]
 
-    def predictions_by_task(self) -> dict[int, list[dict[str, Any]]]:
-        """Every recorded prediction in Label Studio's shape, by task id, oldest first."""
-        by_task: dict[int, list[dict[str, Any]]] = {}
+    def predictions(self) -> list[dict[str, Any]]:
+        """Every recorded prediction in Label Studio's shape, oldest first, with or without a
+        task (a folder pre-labelled for an import file has none yet)."""
         with self.engine.connect() as conn:
-            query = select(PredictionRow).where(PredictionRow.task_id.is_not(None))
-            for row in conn.execute(query.order_by(PredictionRow.created_at, PredictionRow.id)):
-                by_task.setdefault(row.task_id, []).append(_prediction_json(row))
+            query = select(PredictionRow).order_by(PredictionRow.created_at, PredictionRow.id)
+            return [_prediction_json(row) for row in conn.execute(query)]
+
+    def predictions_by_task(self) -> dict[int, list[dict[str, Any]]]:
+        """Every recorded prediction of a task, by task id, oldest first."""
+        by_task: dict[int, list[dict[str, Any]]] = {}
+        for prediction in self.predictions():
+            if prediction["task"] is not None:
+                by_task.setdefault(prediction["task"], []).append(prediction)
         return by_task
 
     def label_config(self, project: int) -> str | None:
@@ -484,6 +492,7 @@ def _prediction_json(row: Any) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "task": row.task_id,
         "project": row.project,
+        "image": row.image,
         "raw": row.raw,
         "prompt": row.prompt,
         "task_kind": row.task_kind,
