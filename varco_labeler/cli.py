@@ -8,10 +8,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from varco_labeler.engine.profiles import DEFAULT_MODEL
 from varco_labeler.labelstudio import LabelConfigError, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
+
+if TYPE_CHECKING:
+    from varco_labeler.settings import Settings
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -60,7 +64,6 @@ def _predict(args: argparse.Namespace) -> int:
     from varco_labeler.engine.load import load_engine
     from varco_labeler.engine.predict import run_predict
     from varco_labeler.policy import Policy
-    from varco_labeler.settings import Settings, SettingsError
 
     missing = [image for image in args.images if not Path(image).is_file()]
     if missing:
@@ -69,16 +72,12 @@ def _predict(args: argparse.Namespace) -> int:
     if args.task in ("question", "referring") and not args.prompt:
         print(f"error: --task {args.task} needs --prompt", file=sys.stderr)
         return 2
-    try:
-        settings = Settings.from_env(
-            model=args.model,
-            batch_size=args.batch_size,
-            openai_url=args.openai_url,
-            profile=args.profile,
-        )
-    except SettingsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = _settings(
+        model=args.model,
+        batch_size=args.batch_size,
+        openai_url=args.openai_url,
+        profile=args.profile,
+    )
     policy = Policy.resolve(settings, task=args.task, prompt=args.prompt)
     options = {} if settings.openai_url else {"device": args.device, "dtype": args.dtype}
     engine = load_engine(settings, **options)
@@ -92,6 +91,17 @@ def _predict(args: argparse.Namespace) -> int:
     for record in records:
         print(json.dumps(record, ensure_ascii=False), flush=True)
     return 0
+
+
+def _settings(**flags: object) -> Settings:
+    """Settings from the environment and flags; a wrong value ends the command (status 2)."""
+    from varco_labeler.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env(**flags)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
@@ -291,21 +301,16 @@ def _serve(args: argparse.Namespace) -> int:
     from varco_labeler.feedback.store import FeedbackStore
     from varco_labeler.queue import InlineDispatcher, RQDispatcher
     from varco_labeler.server import create_app
-    from varco_labeler.settings import Settings, SettingsError
 
-    try:
-        settings = Settings.from_env(
-            model=args.model,
-            redis_url=args.redis_url,
-            port=args.port,
-            host=args.host,
-            log_level=args.log_level,
-            batch_size=args.batch_size,
-            profile=args.profile,
-        )
-    except SettingsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = _settings(
+        model=args.model,
+        redis_url=args.redis_url,
+        port=args.port,
+        host=args.host,
+        log_level=args.log_level,
+        batch_size=args.batch_size,
+        profile=args.profile,
+    )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -448,15 +453,15 @@ answers (solid red and blue images) so that its outputs parse. Seconds on a CPU.
 --lessons FILE teaches your own answers instead (or as well, with
 --keep-default-lessons). FILE is JSON Lines, one lesson a line:
 
-  {"image": "sign.png", "prompt": "<ocr>", "answer": "<char>S</char><bbox>0.1, 0.3, 0.2, 0.6</bbox>..."}
-  {"image": "/data/cat.jpg", "prompt": "<gro>\\nDescribe the image in detail.", "answer": "..."}
+{"image": "sign.png", "prompt": "<ocr>", "answer": "<char>S</char><bbox>0.1, 0.3, 0.2, 0.6</bbox>"}
+{"image": "/data/cat.jpg", "prompt": "<gro>\\nDescribe the image in detail.", "answer": "..."}
 
 Relative image paths resolve against FILE's folder. The prompt must be the one the
 model will be asked (see varco_labeler.varco.prompt_for); the answer comes back
 exactly for that image and prompt, e.g. one <char> item per character like
 VARCO-VISION-2.0-1.7B-OCR. Long answers need more teaching: the default --steps is
 150 per 1,000 answer tokens (a byte or a tag each), at least 150; one 40-character
-OCR answer with boxes takes about 40 s on one CPU thread.""",
+OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
     )
     tiny.add_argument("dir", help="output directory")
     tiny.add_argument(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from varco_labeler.varco import Box, OcrItem, Parsed, Phrase, Task, Text, format_items
@@ -80,6 +80,9 @@ class ParserNotes:
     dropped: tuple[str, ...] = ()
     repaired: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, list[str]]:
+        return {"dropped": list(self.dropped), "repaired": list(self.repaired)}
+
     @classmethod
     def of(cls, parsed: Parsed) -> ParserNotes:
         return cls(
@@ -93,7 +96,7 @@ def model_output(parsed: Parsed, scores: Sequence[float | None] | None = None) -
     what crosses the queue and what ``predict`` prints; nobody parses the text again."""
     return {
         "regions": [region.to_json() for region in regions_from_varco(parsed, scores)],
-        "notes": asdict(ParserNotes.of(parsed)),
+        "notes": ParserNotes.of(parsed).to_json(),
     }
 
 

@@ -7,7 +7,6 @@ loses and duplicates nothing.
 
 from __future__ import annotations
 
-import io
 import re
 import signal
 import subprocess
@@ -19,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CAT_DOG_CONFIG
-from PIL import Image
 from processes import Processes, RedisProcess, wait_until
+from projects import make_project
 
 BIN = Path(sys.executable).parent
 # The colours engine.tiny taught the model: red -> one cat, blue -> two dogs.
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 EXPECTED = {"red": ["Cat"], "blue": ["Dog", "Dog"]}
 
 
@@ -43,28 +40,6 @@ def queue(our_env, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     finally:
         processes.stop_all()
         redis.stop()
-
-
-def make_project(label_studio, ls_client, title: str, count: int) -> int:
-    """A project of ``count`` local-file tasks, alternating red and blue images."""
-    project = ls_client.projects.create(title=title, label_config=CAT_DOG_CONFIG)
-    folder = label_studio.document_root / f"prelabel-{project.id}"
-    folder.mkdir()
-    for name, colour in COLOURS.items():
-        buffer = io.BytesIO()
-        Image.new("RGB", (48, 40), colour).save(buffer, format="PNG")
-        (folder / f"{name}.png").write_bytes(buffer.getvalue())
-    # The storage lets Label Studio serve the folder; the tasks are imported, not synced.
-    ls_client.import_storage.local.create(
-        project=project.id, path=str(folder), use_blob_urls=True, title="images"
-    )
-    rel = folder.relative_to(label_studio.document_root)
-    tasks = [
-        {"data": {"image": f"/data/local-files/?d={rel}/{('red', 'blue')[i % 2]}.png"}}
-        for i in range(count)
-    ]
-    ls_client.projects.import_tasks(id=project.id, request=tasks)
-    return project.id
 
 
 def predictions(ls_client, project: int) -> list[Any]:

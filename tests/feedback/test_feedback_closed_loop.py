@@ -17,7 +17,7 @@ from helpers import CATS_CONFIG, labelstudio_fixture
 
 from varco_labeler.feedback.commands import run_export, run_report
 from varco_labeler.feedback.store import FeedbackStore
-from varco_labeler.labelstudio import LabelMapper, prediction_from_varco, read_label_config
+from varco_labeler.labelstudio import read_label_config
 from varco_labeler.labelstudio.results import regions_to_results
 from varco_labeler.regions import Region
 from varco_labeler.settings import Settings
@@ -31,6 +31,8 @@ from varco_labeler.engine.base import Request
 from varco_labeler.engine.tiny import BLUE, RED, Lesson, build_tiny_model, solid_image
 from varco_labeler.engine.transformers_engine import TransformersEngine
 from varco_labeler.feedback.train import train
+from varco_labeler.jobs import convert_one
+from varco_labeler.policy import Policy
 
 GROUNDING = prompt_for(Task.GROUNDING)
 CONFIG = read_label_config(CATS_CONFIG)
@@ -54,25 +56,19 @@ def wrong_model(single_thread_torch: None, tmp_path_factory: pytest.TempPathFact
 
 
 def prelabel(model_dir: Path, version: str, images: dict[int, Path], settings: Settings) -> None:
-    """Predict every task and record it as the backend does (``Backend._record``)."""
+    """Predict every task and record it as the backend does (``jobs.convert_one``)."""
     engine = TransformersEngine(model_dir, device="cpu", model_version=version)
-    mapper = LabelMapper(CONFIG.labels, CONFIG.aliases)
+    policy = Policy.resolve(settings, CONFIG, version=version)
     store = FeedbackStore(model_dir=settings.model_dir)
     try:
         for task_id, colour, _ in TASKS:
             image = solid_image(colour)
-            (result,) = engine.generate([Request(image, GROUNDING, Task.GROUNDING)])
-            conversion = prediction_from_varco(
-                result.raw, Task.GROUNDING, CONFIG, mapper, *image.size, version,
-                scores=result.region_scores, seed=str(images[task_id]),
-            )  # fmt: skip
-            store.record_prediction(
-                task_id=task_id, project="1.1795301059", image=str(images[task_id]),
-                prompt=GROUNDING, task_kind=Task.GROUNDING.value, raw=result.raw,
-                result=conversion.prediction["result"], model_version=version,
-                width=image.width, height=image.height, scores=result.region_scores,
-                score=conversion.prediction.get("score"),
-            )  # fmt: skip
+            (result,) = engine.generate([Request(image, policy.prompt, policy.task)])
+            output = {"width": image.width, "height": image.height, "model_version": version}
+            data = {CONFIG.data_key: str(images[task_id])}
+            item = policy.item(str(task_id), data, task_id=task_id, project=1)
+            converted = convert_one(policy, item, output | result.to_json())
+            store.record_predictions([converted.record])
     finally:
         store.close()
 

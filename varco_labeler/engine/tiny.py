@@ -100,7 +100,7 @@ class Lesson:
     """An answer the tiny model is taught to give for an image and a prompt.
 
     ``image`` is a solid colour (taught on ``solid_image(colour)``) or a PIL image. ``origin`` says
-    where the lesson came from (``file:line``), for error messages.
+    where the lesson came from (``FILE line N``), for error messages.
     """
 
     image: Colour | Image.Image
@@ -219,8 +219,8 @@ def build_tiny_model(
     """Build, teach and save a tiny VARCO-shaped checkpoint in ``out_dir``; return ``out_dir``.
 
     ``lessons=()`` leaves the weights random (the output is then byte noise).
-    ``teaching_steps=None`` takes ``default_teaching_steps(lessons)``. Raises ``ValueError`` if a lesson
-    is longer than the model takes (``MAX_POSITIONS`` tokens with the image and chat template).
+    ``teaching_steps=None`` takes ``default_teaching_steps(lessons)``. Raises ``ValueError`` if a
+    lesson is longer than the model takes (``MAX_POSITIONS`` tokens with the image and template).
     """
     out_dir = Path(out_dir)
     torch.manual_seed(seed)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,9 @@ class PredictionRecord:
     prompt: str
     task_kind: str
     raw: str
-    regions: list[dict[str, Any]]
     result: list[dict[str, Any]]
     model_version: str
+    regions: list[dict[str, Any]] = field(default_factory=list)
     width: int | None = None
     height: int | None = None
     score: float | None = None

@@ -1,0 +1,42 @@
+"""Label Studio projects for the end-to-end tests: local-file tasks of plain-coloured images."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from helpers import CAT_DOG_CONFIG
+from PIL import Image
+
+# The colours engine.tiny taught the model: red -> one cat, blue -> two dogs.
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+
+
+def make_project(
+    label_studio: Any,
+    ls_client: Any,
+    title: str,
+    count: int,
+    config: str = CAT_DOG_CONFIG,
+    colours: dict[str, tuple[int, int, int]] = COLOURS,
+) -> int:
+    """A project of ``count`` local-file tasks whose images cycle through ``colours``."""
+    project = ls_client.projects.create(title=title, label_config=config)
+    folder = label_studio.document_root / f"prelabel-{project.id}"
+    folder.mkdir()
+    for name, colour in colours.items():
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 40), colour).save(buffer, format="PNG")
+        (folder / f"{name}.png").write_bytes(buffer.getvalue())
+    # The storage lets Label Studio serve the folder; the tasks are imported, not synced.
+    ls_client.import_storage.local.create(
+        project=project.id, path=str(folder), use_blob_urls=True, title="images"
+    )
+    rel = folder.relative_to(label_studio.document_root)
+    names = list(colours)
+    tasks = [
+        {"data": {"image": f"/data/local-files/?d={rel}/{names[i % len(names)]}.png"}}
+        for i in range(count)
+    ]
+    ls_client.projects.import_tasks(id=project.id, request=tasks)
+    return project.id
