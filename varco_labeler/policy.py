@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from varco_labeler.labelstudio.config import LabelConfig, LabelConfigError, labels_from_task
@@ -138,7 +138,7 @@ class Policy:
             config=config,
             fallback_label=options.get("fallback_label"),
             ocr_label=options.get("ocr_label"),
-            min_score=options["min_score"] if options else 0.0,
+            min_score=options.get("min_score", 0.0),
             question=options.get("question"),
         )
         if config is not None and config.labels_data_key is None:
@@ -155,18 +155,9 @@ class Policy:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Policy:
         config = data.get("config")
-        return cls(
-            **{
-                **data,
-                "task": Task(data["task"]),
-                "config": LabelConfig(**{**config, "labels": tuple(config["labels"])})
-                if config
-                else None,
-            }
-        )
-
-    def with_version(self, version: str) -> Policy:
-        return replace(self, model_version=version)
+        if config is not None:
+            config = LabelConfig(**{**config, "labels": tuple(config["labels"])})
+        return cls(**{**data, "task": Task(data["task"]), "config": config})
 
     # -- per task --------------------------------------------------------------------------
     def labels_for(self, data: Mapping[str, Any]) -> tuple[str, ...]:

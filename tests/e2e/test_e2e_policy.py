@@ -141,11 +141,13 @@ def test_prelabel_and_retrieve_predictions_store_the_same_results(
     by_retrieve = results_by_image(ls_client, retrieved)
     assert by_retrieve == results_by_image(ls_client, prelabelled)
     # The project's model settings were applied: grounding, with the fallback label.
-    labels = {
-        image: [json.loads(item[1])["rectanglelabels"] for item in prediction]
-        for image, (prediction,) in by_retrieve.items()
-    }
-    assert labels == {"red.png": [["Other"]], "blue.png": [["Dog"], ["Dog"]]}
+    expected = {"red.png": [["Other"]], "blue.png": [["Dog"], ["Dog"]]}
+    assert by_retrieve.keys() == expected.keys()
+    for image, predictions in by_retrieve.items():
+        assert len(predictions) == 2  # two tasks of each colour
+        for prediction in predictions:
+            labels = [json.loads(item[1])["rectanglelabels"] for item in prediction]
+            assert labels == expected[image], (image, prediction)
     # One model version, named the same by the backend and by prelabel.
     version = httpx.get(f"{backend.url}/health", timeout=5).json()["model_version"]
     for project in (retrieved, prelabelled):
