@@ -46,6 +46,11 @@ def predictions(ls_client, project: int) -> list[Any]:
     return list(ls_client.predictions.list(project=project))
 
 
+def predicted_count(ls_client, project: int) -> int:
+    """One request, however many predictions: cheap enough to poll while a run pushes."""
+    return ls_client.projects.get(id=project).total_predictions_number or 0
+
+
 def check_complete(ls_client, project: int, count: int, version: str) -> None:
     """Every task has exactly one prediction of ``version``, with the right labels."""
     found = predictions(ls_client, project)
@@ -99,8 +104,9 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating(
 ):
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel interrupted", 200)
-    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "4"}, project)
-    wait_until(lambda: len(predictions(ls_client, project)) >= 20, 120, "the first predictions")
+    # Jobs of 2 tasks: 100 pushes, so the run is still going when the interrupt comes.
+    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2"}, project)
+    wait_until(lambda: predicted_count(ls_client, project) >= 20, 120, "the first predictions")
     running.send_signal(signal.SIGINT)
     code, stderr = finish(running, timeout=60)
     assert code == 130, stderr
@@ -121,7 +127,7 @@ def test_label_studio_down_while_pushing_loses_and_duplicates_nothing(
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel outage", 60)
     running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2"}, project)
-    wait_until(lambda: len(predictions(ls_client, project)) >= 6, 120, "the first predictions")
+    wait_until(lambda: predicted_count(ls_client, project) >= 6, 120, "the first predictions")
     label_studio.stop()
     time.sleep(3)
     restart_seconds = label_studio.start()
