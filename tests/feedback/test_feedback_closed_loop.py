@@ -89,8 +89,12 @@ def annotate(images: dict[int, Path], settings: Settings) -> None:
         store.close()
 
 
-def scores(report: dict[str, Any]) -> dict[str, Any]:
-    (version,) = report["versions"].values()
+def scores(report: dict[str, Any], version_name: str | None = None) -> dict[str, Any]:
+    """One version's figures (the only one when not named)."""
+    if version_name is None:
+        (version,) = report["versions"].values()
+    else:
+        version = report["versions"][version_name]
     return {
         "micro_f1": version["micro"]["f1"],
         "cat_f1": version["labels"]["Cat"]["f1"],
@@ -146,8 +150,10 @@ def test_corrections_train_a_better_model(
 
     prelabel(Path(summary.model_dir), summary.model_version, images, settings)
     after, table = run_report("store", settings=settings)
-    assert set(after["versions"]) == {summary.model_version}, table
-    improved = scores(after)
+    # Each version is scored on its own predictions: the old one as before, the new one apart.
+    assert set(after["versions"]) == {"tiny-wrong", summary.model_version}, table
+    assert scores(after, "tiny-wrong") == scores(before), table
+    improved = scores(after, summary.model_version)
     assert improved["micro_f1"] == 1.0 > before["versions"]["tiny-wrong"]["micro"]["f1"], table
     assert improved["cat_f1"] == 1.0 and improved["cat_iou"] > 0.9, table
     assert improved["remote_f1"] == 1.0 and improved["acceptance"] == 1.0, table

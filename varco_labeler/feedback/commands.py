@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from varco_labeler.feedback.export import export
+from varco_labeler.feedback.export import PREFERENCE_FORMATS, export
 from varco_labeler.feedback.pairing import Example, PairingStats
 from varco_labeler.feedback.report import build_report, render_html, render_table
 from varco_labeler.feedback.sources import (
@@ -33,26 +33,53 @@ def load_examples(
     label_config: Path | None = None,
     project: int | None = None,
     stats: PairingStats | None = None,
+    every_version: bool = False,
+    needs_model_side: str | None = None,
 ) -> list[Example]:
+    """Examples from ``store``, ``label-studio`` or Label Studio task files (a file or folder).
+
+    ``every_version``: one example per model version of a task (a report). ``needs_model_side``
+    names what needs the predictions: a file without any (JSON_MIN) is refused for it.
+    """
     config_xml = label_config.read_text(encoding="utf-8") if label_config else None
     if source == "label-studio":
         if not (settings.label_studio_url and settings.label_studio_api_key and project):
             raise SourceError("set LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and --project")
         return examples_from_label_studio(
-            settings.label_studio_url, settings.label_studio_api_key, project, stats
+            settings.label_studio_url,
+            settings.label_studio_api_key,
+            project,
+            stats,
+            every_version=every_version,
         )
     store = FeedbackStore(database_url, model_dir=settings.model_dir)
     try:
         if source == "store":
-            return examples_from_store(store, project, config_xml, stats)
+            return examples_from_store(
+                store, project, config_xml, stats, every_version=every_version
+            )
         path = Path(source)
-        if not path.is_file():
-            raise SourceError(f"{source}: not 'store', 'label-studio' or an export file")
+        if not path.exists():
+            raise SourceError(
+                f"{source}: not 'store', 'label-studio' or a Label Studio task file or folder"
+            )
         if config_xml is None and project is not None:
             config_xml = store.label_config(project)
         if config_xml is None:
             raise SourceError(f"{source}: pass --label-config (or --project known to the store)")
-        return examples_from_export(path, config_xml, store=store, stats=stats)
+        fetcher = ImageFetcher.from_settings(settings)
+        try:
+            return examples_from_export(
+                path,
+                config_xml,
+                store=store,
+                stats=stats,
+                every_version=every_version,
+                needs_model_side=needs_model_side,
+                image_size=lambda ref: fetcher.fetch(ref)[0].size,  # upright, as LS shows it
+            )
+        finally:
+            fetcher.close()
     finally:
         store.close()
 
@@ -70,7 +97,8 @@ def run_export(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Pair, then export; images are fetched as the worker fetches them (Label Studio with the
-    API key, VARCO_ALLOWED_IMAGE_HOSTS, VARCO_LOCAL_IMAGE_ROOTS)."""
+    API key, VARCO_ALLOWED_IMAGE_HOSTS, VARCO_LOCAL_IMAGE_ROOTS). The summary says how each
+    example was paired (``pairing.rules``)."""
     settings = settings or Settings.from_env()
     stats = PairingStats()
     examples = load_examples(
@@ -80,6 +108,7 @@ def run_export(
         label_config=label_config,
         project=project,
         stats=stats,
+        needs_model_side=f"{fmt} preference pairs" if fmt in PREFERENCE_FORMATS else None,
     )
     fetcher = ImageFetcher.from_settings(settings)
     try:
@@ -100,13 +129,16 @@ def run_report(
     worst: int = 20,
     settings: Settings | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """The report as data and as a terminal table; writes JSON and HTML when asked."""
+    """The report as data and as a terminal table; writes JSON and HTML when asked. Each
+    prediction of a task is scored under its own model version."""
     examples = load_examples(
         source,
         settings or Settings.from_env(),
         database_url=database_url,
         label_config=label_config,
         project=project,
+        every_version=True,
+        needs_model_side="a report on the pre-labels",
     )
     report = build_report(examples, worst=worst)
     if out_json:

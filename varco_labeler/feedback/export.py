@@ -23,7 +23,7 @@ from varco_labeler.feedback.metrics import MATERIAL_IOU, differs_materially
 from varco_labeler.feedback.pairing import Example
 
 FORMATS = ("trl-sft", "trl-dpo", "llava", "llava-dpo", "hf")
-_PREFERENCE = frozenset({"trl-dpo", "llava-dpo"})
+PREFERENCE_FORMATS = frozenset({"trl-dpo", "llava-dpo"})
 _PARQUET = frozenset({"trl-sft", "trl-dpo", "hf"})
 SPLITS = ("train", "validation")
 
@@ -120,7 +120,7 @@ def load_llava(out_dir: Path, split: str = "train") -> list[dict[str, Any]]:
 def _skip_reason(example: Example, fmt: str) -> str | None:
     if not example.answer.strip():
         return "empty_answer"
-    if fmt in _PREFERENCE:
+    if fmt in PREFERENCE_FORMATS:
         if example.model_regions is None or example.model_answer is None:
             return "no_prediction"
         if not differs_materially(example.model_regions, example.regions):
@@ -339,7 +339,7 @@ def _card(summary: dict[str, Any]) -> str:
         "",
         _HOW_TO_LOAD[fmt],
     ]
-    if fmt in _PREFERENCE:
+    if fmt in PREFERENCE_FORMATS:
         lines += [
             "",
             "chosen = the human correction, rejected = the model's pre-label. A pair is kept only "

@@ -6,14 +6,20 @@ Label Studio's export shape; :func:`pair_tasks` turns them into :class:`Example`
 - cancelled (skipped) annotations are dropped; a ground-truth annotation wins, else the latest;
 - the human answer is the annotation's regions written as the model should have answered;
 - the model's answer is the prediction the annotator started from (``annotation.prediction``
-  when Label Studio sent it in full), else the task's latest full prediction, written the same way
-  so that it differs from the human answer only where the human changed something.
+  when Label Studio sent it in full, or the prediction whose id is ``parent_prediction``), else the
+  latest prediction made before the annotation, else the task's latest; written the same way as
+  the human answer so that it differs only where the human changed something. Which of these
+  rules paired each example is counted in :class:`PairingStats` (``rules``);
+- for a report, every model version of a task is paired (``every_version``): one example per
+  version, so a task counts for each version that predicted it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from varco_labeler.labelstudio import LabelConfig, read_label_config, results_to_regions
@@ -21,6 +27,10 @@ from varco_labeler.regions import Region, regions_to_varco
 from varco_labeler.varco import Task, prompt_for
 
 _PAIRED_KINDS = (Task.GROUNDING.value, Task.OCR.value)
+STARTED_FROM = "started_from"
+LATEST_BEFORE = "latest_before_annotation"
+LATEST = "latest"
+NO_PREDICTION = "none"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class Example:
     annotation_id: int | None = None
     ground_truth: bool = False
     source: str = ""
+    # How the model's side was chosen: started_from, latest_before_annotation, latest or none.
+    pairing_rule: str = NO_PREDICTION
 
     @property
     def has_prediction(self) -> bool:
@@ -56,6 +68,10 @@ class PairingStats:
     cancelled_only: int = 0
     no_image: int = 0
     with_prediction: int = 0
+    rules: Counter[str] = field(default_factory=Counter)
+    # Filled by the task file reader: result items left out by type, tasks in the old shape.
+    skipped_results: Counter[str] = field(default_factory=Counter)
+    legacy_completions: int = 0
 
 
 def pair_tasks(
@@ -63,18 +79,22 @@ def pair_tasks(
     label_config: str | LabelConfig,
     source: str,
     stats: PairingStats | None = None,
+    *,
+    every_version: bool = False,
 ) -> list[Example]:
-    """Examples for tasks in Label Studio's export shape, in task order."""
+    """Examples for tasks in Label Studio's export shape, in task order; with ``every_version``,
+    one per model version that predicted the task."""
     config = _config(label_config)
     stats = stats if stats is not None else PairingStats()
     examples = []
     for task in tasks:
         stats.tasks += 1
-        example = pair_task(task, config, source, stats)
-        if example is not None:
+        paired = pair_task(task, config, source, stats, every_version=every_version)
+        stats.paired += bool(paired)
+        for example in paired:
             examples.append(example)
-            stats.paired += 1
             stats.with_prediction += example.has_prediction
+            stats.rules[example.pairing_rule] += 1
     return examples
 
 
@@ -83,7 +103,9 @@ def pair_task(
     config: LabelConfig,
     source: str,
     stats: PairingStats | None = None,
-) -> Example | None:
+    *,
+    every_version: bool = False,
+) -> list[Example]:
     stats = stats if stats is not None else PairingStats()
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, Mapping)]
     kept = [a for a in annotations if not a.get("was_cancelled")]
@@ -92,13 +114,28 @@ def pair_task(
             stats.cancelled_only += 1
         else:
             stats.no_annotation += 1
-        return None
+        return []
     image = (task.get("data") or {}).get(config.data_key)
     if not isinstance(image, str) or not image:
         stats.no_image += 1
-        return None
+        return []
     annotation = max(kept, key=_preference)
-    prediction = _prediction_for(annotation, task)
+    sides = _every_version(annotation, task) if every_version else [_side(annotation, task)]
+    return [
+        _example(task, annotation, image, config, source, prediction, rule)
+        for prediction, rule in sides
+    ]
+
+
+def _example(
+    task: Mapping[str, Any],
+    annotation: Mapping[str, Any],
+    image: str,
+    config: LabelConfig,
+    source: str,
+    prediction: Mapping[str, Any] | None,
+    rule: str,
+) -> Example:
     # The backend records the task it ran (a project may ask for OCR on any config).
     recorded_kind = prediction.get("task_kind") if prediction else None
     kind = Task(recorded_kind) if recorded_kind in _PAIRED_KINDS else config.default_task
@@ -122,6 +159,7 @@ def pair_task(
         annotation_id=_int(annotation.get("id")),
         ground_truth=bool(annotation.get("ground_truth")),
         source=source,
+        pairing_rule=rule,
     )
 
 
@@ -134,21 +172,70 @@ def _preference(annotation: Mapping[str, Any]) -> tuple[bool, str, int]:
     )
 
 
-def _prediction_for(
-    annotation: Mapping[str, Any], task: Mapping[str, Any]
-) -> Mapping[str, Any] | None:
+Side = tuple[Mapping[str, Any] | None, str]
+
+
+def _side(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> Side:
+    """The prediction the annotation is paired with, and the rule that chose it."""
     parent = annotation.get("prediction")
     if isinstance(parent, Mapping) and isinstance(parent.get("result"), list):
-        return parent
-    # Exports without a snapshot list prediction ids only: those cannot be paired.
-    full = [
-        p
-        for p in task.get("predictions") or []
-        if isinstance(p, Mapping) and isinstance(p.get("result"), list)
+        return parent, STARTED_FROM
+    full = _full_predictions(task)
+    parent_id = _int(annotation.get("parent_prediction"))
+    started = [p for p in full if parent_id is not None and _int(p.get("id")) == parent_id]
+    if started:
+        return started[0], STARTED_FROM
+    annotated = _when(annotation.get("created_at"))
+    # A prediction without a time is taken as made before: older exports do not stamp them.
+    before = [
+        p for p in full if annotated and (_when(p.get("created_at")) or annotated) <= annotated
     ]
-    if not full:
+    if before:
+        return _latest(before), LATEST_BEFORE
+    return (_latest(full), LATEST) if full else (None, NO_PREDICTION)
+
+
+def _every_version(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> list[Side]:
+    """One side per model version: the prediction started from for its version, else that
+    version's latest."""
+    chosen, rule = _side(annotation, task)
+    by_version: dict[Any, Side] = {}
+    for prediction in _full_predictions(task):
+        by_version[prediction.get("model_version")] = (prediction, LATEST)
+    if chosen is not None:
+        by_version[chosen.get("model_version")] = (chosen, rule)
+    return list(by_version.values()) or [(None, NO_PREDICTION)]
+
+
+def _full_predictions(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Predictions with their results: exports without a snapshot list ids only."""
+    return sorted(
+        (
+            p
+            for p in task.get("predictions") or []
+            if isinstance(p, Mapping) and isinstance(p.get("result"), list)
+        ),
+        key=_age,
+    )
+
+
+def _latest(predictions: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    return max(predictions, key=_age)
+
+
+def _age(prediction: Mapping[str, Any]) -> tuple[datetime, int]:
+    return (_when(prediction.get("created_at")) or datetime.min, _int(prediction.get("id")) or 0)
+
+
+def _when(value: Any) -> datetime | None:
+    """An ISO timestamp (Label Studio's ``...Z`` or the store's ``+00:00``), as naive UTC."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
         return None
-    return max(full, key=lambda p: (str(p.get("created_at") or ""), _int(p.get("id")) or 0))
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 def _config(label_config: str | LabelConfig) -> LabelConfig:

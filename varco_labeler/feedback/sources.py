@@ -13,6 +13,8 @@ from typing import Any
 
 from varco_labeler.feedback.pairing import Example, PairingStats, pair_tasks
 from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.feedback.task_files import ImageSize, read_task_file
+from varco_labeler.labelstudio.config import read_label_config
 
 
 class SourceError(ValueError):
@@ -24,6 +26,8 @@ def examples_from_store(
     project: int | None = None,
     label_config: str | None = None,
     stats: PairingStats | None = None,
+    *,
+    every_version: bool = False,
 ) -> list[Example]:
     """Examples from webhooks and recorded predictions; each project's own label config is used
     unless ``label_config`` is given."""
@@ -49,7 +53,7 @@ def examples_from_store(
         )
     examples: list[Example] = []
     for xml, tasks in by_config.items():
-        examples += pair_tasks(tasks, xml, "store", stats)
+        examples += pair_tasks(tasks, xml, "store", stats, every_version=every_version)
     return sorted(examples, key=lambda e: (e.project or 0, e.task_id or 0))
 
 
@@ -59,20 +63,36 @@ def examples_from_export(
     store: FeedbackStore | None = None,
     stats: PairingStats | None = None,
     source: str = "export",
+    *,
+    every_version: bool = False,
+    needs_model_side: str | None = None,
+    image_size: ImageSize | None = None,
 ) -> list[Example]:
-    """Examples from a Label Studio JSON export (a file path or the parsed list).
+    """Examples from Label Studio task files (a path: any shape :func:`read_task_file` reads)
+    or already parsed tasks.
 
     A plain export lists predictions as ids only; with ``store``, the predictions the backend
-    recorded for those tasks fill them in.
+    recorded for those tasks fill them in. ``needs_model_side`` names what needs the model's
+    predictions (a DPO export, a report): a file that has none (JSON_MIN) is refused for it.
     """
+    stats = stats if stats is not None else PairingStats()
     if isinstance(tasks, Path):
+        config = read_label_config(label_config)
+        read = read_task_file(tasks, config, image_size)
+        if needs_model_side and not read.has_predictions:
+            raise SourceError(
+                f"{tasks}: a JSON_MIN export holds the annotations only, no predictions, so it "
+                f"cannot give {needs_model_side}; export the project as JSON instead"
+            )
         source = f"export:{tasks.name}"
-        tasks = json.loads(tasks.read_text(encoding="utf-8"))
+        stats.skipped_results.update(read.skipped_results)
+        stats.legacy_completions += read.legacy_completions
+        tasks = read.tasks
     tasks = list(tasks)
     if store is not None:
         recorded = store.predictions_by_task()
         tasks = [_with_recorded(task, recorded.get(_int(task.get("id")), [])) for task in tasks]
-    return pair_tasks(tasks, label_config, source, stats)
+    return pair_tasks(tasks, label_config, source, stats, every_version=every_version)
 
 
 def snapshot_export(
@@ -119,11 +139,14 @@ def examples_from_label_studio(
     api_key: str,
     project: int,
     stats: PairingStats | None = None,
+    *,
+    every_version: bool = False,
 ) -> list[Example]:
     from label_studio_sdk import LabelStudio
 
     tasks, label_config = snapshot_export(LabelStudio(base_url=url, api_key=api_key), project)
-    return pair_tasks(tasks, label_config, f"label-studio:{project}", stats)
+    source = f"label-studio:{project}"
+    return pair_tasks(tasks, label_config, source, stats, every_version=every_version)
 
 
 def _with_recorded(task: Mapping[str, Any], recorded: list[dict[str, Any]]) -> Mapping[str, Any]:

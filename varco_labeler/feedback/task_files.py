@@ -1,0 +1,325 @@
+"""One reader for the task files Label Studio writes, in every shape it has written them.
+
+- a JSON list of tasks (the ``JSON`` export);
+- one task object (a target storage's per-task file, older single-task files);
+- JSON lines, one task a line;
+- a folder of per-task files (a target storage's layout: ``1``, ``2.json``, ...);
+- ``JSON_MIN``: flat records, one per annotation, the task's data and each control's values at
+  the top level and no predictions (fine for SFT, refused where the model's side is needed);
+- the older ``completions`` key, read as ``annotations``.
+
+Every task comes out in the ``JSON`` export's shape. Result items this project cannot use
+(relations, keypoints, polygons, other tags, malformed items) are left out and counted, never
+fatal; a file that is not a task file is refused in one line that names the file, the task (index
+and id) and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from varco_labeler.labelstudio.config import LabelConfig
+
+EXPECTED = (
+    "a Label Studio export: a JSON list of tasks, one task object, JSON lines, a folder of "
+    'task files or JSON_MIN, each task like {"data": {...}, "annotations": [...]}'
+)
+JSON_MIN = "json-min"
+# The result types this project reads; any other is skipped and counted.
+_REGION_TYPES = frozenset({"rectanglelabels", "rectangle", "labels", "textarea"})
+_GEOMETRY = ("x", "y", "width", "height")
+# JSON_MIN keys that describe the annotation, not the task's data or a control's values.
+_MIN_KEYS = frozenset(
+    {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement"}
+)
+
+ImageSize = Callable[[str], tuple[int, int]]
+
+
+class TaskFileError(ValueError):
+    """The file is not a task file Label Studio writes; the message is one line."""
+
+
+@dataclass
+class TaskFile:
+    """What a task file held, in the ``JSON`` export's shape, and what was left out."""
+
+    path: Path
+    shape: str
+    tasks: list[dict[str, Any]]
+    legacy_completions: int = 0
+    skipped_results: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def has_predictions(self) -> bool:
+        return self.shape != JSON_MIN
+
+
+def read_task_file(
+    path: Path, config: LabelConfig, image_size: ImageSize | None = None
+) -> TaskFile:
+    """Read any Label Studio task file (or folder of them) for a project with ``config``.
+
+    ``image_size`` gives an image's size for rotated boxes whose result lacks
+    ``original_width``/``original_height`` (a rotation turns in pixels, so it needs the size);
+    it is asked only for those.
+    """
+    path = Path(path)
+    if path.is_dir():
+        shape, records = "folder", list(_folder(path))
+    else:
+        shape, records = _records(path, _text(path))
+    if shape != "folder" and records and all(_is_min_record(r) for _, r in records):
+        shape = JSON_MIN
+    result = TaskFile(path, shape, [])
+    for where, record in records:
+        if shape == JSON_MIN:
+            task = _from_min(record, config, where)
+        else:
+            task = _task(record, where, result)
+        _check_image(task, config, where)
+        for item in _annotations(task) + _predictions(task):
+            item["result"] = _usable_results(item, config, where, result.skipped_results)
+        if image_size is not None:
+            _fill_sizes(task, config, image_size)
+        result.tasks.append(task)
+    return result
+
+
+# -- shapes ------------------------------------------------------------------------------------
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TaskFileError(f"{path}: no such file or folder") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TaskFileError(f"{path}: cannot be read as UTF-8 text ({error})") from None
+
+
+def _records(path: Path, text: str) -> tuple[str, list[tuple[str, Any]]]:
+    """(shape, [(where, record)]) for one file."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as whole:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if whole.msg != "Extra data" or not lines:
+            raise TaskFileError(
+                f"{path}: not JSON (line {whole.lineno}, column {whole.colno}: {whole.msg}); "
+                f"expected {EXPECTED}"
+            ) from None
+        records = []
+        for number, line in lines:
+            try:
+                records.append((f"{path}: line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise TaskFileError(
+                    f"{path}: line {number}: not JSON ({error.msg}); expected one task a line"
+                ) from None
+        return "jsonl", records
+    if isinstance(data, list):
+        return "json", [(f"{path}: task {index}", record) for index, record in enumerate(data)]
+    if isinstance(data, Mapping):
+        return "task", [(f"{path}: task 0", data)]
+    raise TaskFileError(f"{path}: holds a JSON {type(data).__name__}; expected {EXPECTED}")
+
+
+def _folder(path: Path) -> Iterator[tuple[str, Any]]:
+    """A target storage's files, in task order: numeric names by number, then the rest."""
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        raise TaskFileError(f"{path}: an empty folder; expected {EXPECTED}")
+    files.sort(key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
+    for file in files:
+        yield from _records(file, _text(file))[1]
+
+
+def _is_min_record(record: Any) -> bool:
+    return (
+        isinstance(record, Mapping)
+        and "data" not in record
+        and ("annotation_id" in record or "annotator" in record)
+    )
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def _task(record: Any, where: str, result: TaskFile) -> dict[str, Any]:
+    if not isinstance(record, Mapping):
+        raise TaskFileError(
+            f"{where}: a JSON {type(record).__name__}, not a task; expected {EXPECTED}"
+        )
+    where = _named(where, record)
+    if not isinstance(record.get("data"), Mapping):
+        found = "no" if "data" not in record else f"a {type(record['data']).__name__} as"
+        raise TaskFileError(
+            f'{where}: {found} "data"; expected a task like {{"data": {{"image": ...}}, '
+            '"annotations": [...]}'
+        )
+    task = dict(record)
+    if "annotations" not in task and "completions" in task:
+        task["annotations"] = task.pop("completions")
+        result.legacy_completions += 1
+    for key in ("annotations", "predictions"):
+        if not isinstance(task.get(key) or [], list):
+            raise TaskFileError(
+                f'{where}: "{key}" is a {type(task[key]).__name__}; expected a list'
+            )
+        task[key] = [dict(a) if isinstance(a, Mapping) else a for a in task.get(key) or []]
+    return task
+
+
+def _named(where: str, record: Mapping[str, Any]) -> str:
+    return f"{where} (id {record['id']})" if record.get("id") is not None else where
+
+
+def _check_image(task: Mapping[str, Any], config: LabelConfig, where: str) -> None:
+    image = task["data"].get(config.data_key)
+    if image is not None and not isinstance(image, str):
+        raise TaskFileError(
+            f"{_named(where, task)}: data[{config.data_key!r}] is a {type(image).__name__}; "
+            "expected the image's URL or path"
+        )
+
+
+def _annotations(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+
+
+def _predictions(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+
+
+# -- results -----------------------------------------------------------------------------------
+def _usable_results(
+    item: Mapping[str, Any], config: LabelConfig, where: str, skipped: Counter[str]
+) -> list[dict[str, Any]]:
+    results = item.get("result")
+    if results is None:
+        return []
+    if not isinstance(results, list):
+        skipped["malformed"] += 1
+        return []
+    usable = []
+    for result in results:
+        kind = result.get("type") if isinstance(result, Mapping) else None
+        if kind not in _REGION_TYPES:
+            skipped[str(kind or "malformed")] += 1
+        elif result.get("to_name") != config.image:
+            skipped["other image or tag"] += 1
+        elif not _valid_value(result.get("value"), kind):
+            skipped["malformed"] += 1
+        else:
+            usable.append(dict(result))
+    return usable
+
+
+def _valid_value(value: Any, kind: str) -> bool:
+    if not isinstance(value, Mapping):
+        return False
+    numbers = [value.get(key) for key in _GEOMETRY]
+    if not all(_finite(n) for n in numbers):
+        return kind != "rectangle" and kind != "rectanglelabels" and not any(numbers)
+    if not _finite(value.get("rotation") or 0):
+        return False
+    names = value.get(kind) if kind in ("rectanglelabels", "labels") else value.get("text")
+    return names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))
+
+
+def _finite(number: Any) -> bool:
+    return (
+        isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+    )
+
+
+def _fill_sizes(task: Mapping[str, Any], config: LabelConfig, image_size: ImageSize) -> None:
+    """Rotated boxes without the image's size get it from the image."""
+    needs = [
+        result
+        for item in _annotations(task) + _predictions(task)
+        for result in item["result"]
+        if (result["value"].get("rotation") or 0) % 360
+        and not (result.get("original_width") and result.get("original_height"))
+    ]
+    if needs:
+        width, height = image_size(task["data"][config.data_key])
+        for result in needs:
+            result["original_width"], result["original_height"] = width, height
+
+
+# -- JSON_MIN ----------------------------------------------------------------------------------
+def _from_min(record: Mapping[str, Any], config: LabelConfig, where: str) -> dict[str, Any]:
+    """A flat JSON_MIN record as a task with one annotation; regions rejoined by geometry."""
+    where = _named(where, record)
+    controls = {config.box_control, config.labels_control, config.text_control} - {None}
+    data = {k: v for k, v in record.items() if k not in _MIN_KEYS and k not in controls}
+    regions: dict[tuple[float, ...], dict[str, Any]] = {}
+    boxes = _min_values(record.get(config.box_control), where, config.box_control)
+    for value in boxes:
+        regions[_geometry(value)] = {"box": value}
+    for name in (config.labels_control, config.text_control):
+        values = _min_values(record.get(name), where, name) if name else []
+        if values and all(isinstance(v, str) for v in values) and len(values) == len(boxes):
+            # A per-region text with one line loses its geometry in JSON_MIN: same order.
+            for value, region in zip(values, regions.values(), strict=True):
+                region[name] = {**region["box"], "text": [value]}
+            continue
+        for value in values:
+            if isinstance(value, Mapping) and _geometry(value) in regions:
+                regions[_geometry(value)][name] = value
+    result = []
+    for index, region in enumerate(regions.values()):
+        region_id = f"min{index}"
+        for name, value in region.items():
+            from_name = config.box_control if name == "box" else name
+            result.append(_min_result(region_id, from_name, value, config))
+    annotation = {
+        "id": record.get("annotation_id"),
+        "result": result,
+        "completed_by": record.get("annotator"),
+        "created_at": record.get("created_at"),
+        "updated_at": record.get("updated_at"),
+        "lead_time": record.get("lead_time"),
+    }
+    return {"id": record.get("id"), "data": data, "annotations": [annotation], "predictions": []}
+
+
+def _min_values(values: Any, where: str, name: str | None) -> list[Any]:
+    if values is None:
+        return []
+    if isinstance(values, str | Mapping):
+        return [values]
+    if not isinstance(values, list):
+        raise TaskFileError(
+            f"{where}: {name!r} is a {type(values).__name__}; expected the control's list of values"
+        )
+    return values
+
+
+def _geometry(value: Mapping[str, Any]) -> tuple[float, ...]:
+    return tuple(round(float(value.get(k) or 0), 4) for k in _GEOMETRY)
+
+
+def _min_result(
+    region_id: str, from_name: str, value: Mapping[str, Any], config: LabelConfig
+) -> dict[str, Any]:
+    if from_name == config.text_control:
+        kind = "textarea"
+    elif from_name == config.labels_control:
+        kind = "labels"
+    else:
+        kind = config.box_type
+    sizes = {k: value[k] for k in ("original_width", "original_height") if k in value}
+    plain = {k: v for k, v in value.items() if k not in sizes and k != "type"}
+    return {
+        "id": region_id,
+        "from_name": from_name,
+        "to_name": config.image,
+        "type": kind,
+        "value": plain,
+        **sizes,
+    }
