@@ -85,7 +85,7 @@ def read_task_file(
             task = _task(record, where, result)
         _check_image(task, config, where)
         for item in _annotations(task) + _predictions(task):
-            item["result"] = _usable_results(item, config, where, result.skipped_results)
+            item["result"] = _usable_results(item, config, result.skipped_results)
         if image_size is not None:
             _fill_sizes(task, config, image_size)
         result.tasks.append(task)
@@ -196,7 +196,7 @@ def _predictions(task: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # -- results -----------------------------------------------------------------------------------
 def _usable_results(
-    item: Mapping[str, Any], config: LabelConfig, where: str, skipped: Counter[str]
+    item: Mapping[str, Any], config: LabelConfig, skipped: Counter[str]
 ) -> list[dict[str, Any]]:
     results = item.get("result")
     if results is None:
@@ -214,7 +214,8 @@ def _usable_results(
         elif not _valid_value(result.get("value"), kind):
             skipped["malformed"] += 1
         else:
-            usable.append(dict(result))
+            # Items without an id would all merge into one region: each gets its own.
+            usable.append({**result, "id": result.get("id") or f"unnamed-{len(usable)}"})
     return usable
 
 
