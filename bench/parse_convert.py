@@ -2,7 +2,7 @@
 through the whole conversion to a Label Studio prediction (``prediction_from_varco``: parse,
 regions, label mapping, result JSON).
 
-Inputs: the captured outputs in ../shared/fixtures/varco (or $VARCO_FIXTURES), and a synthetic
+Inputs: the captured outputs in tests/fixtures/varco (or $VARCO_FIXTURES), and a synthetic
 character-level OCR output of ~2,000 items (VARCO-VISION-2.0-OCR emits one box per character).
 """
 
@@ -17,7 +17,7 @@ from varco_labeler.labelstudio import LabelMapper, prediction_from_varco, read_l
 from varco_labeler.labelstudio.templates import label_config
 from varco_labeler.varco import Task, parse
 
-FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO.parent / "shared" / "fixtures")) / "varco"
+FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO / "tests" / "fixtures")) / "varco"
 GROUNDING_CONFIG = label_config("grounding", ["Cat", "Remote", "Blanket"])
 OCR_CONFIG = label_config("ocr")
 HANGUL = "가나다라마바사아자차카타파하백범로번길시흥청공원역"

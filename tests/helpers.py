@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the real captures in ../shared/fixtures (or $VARCO_FIXTURES)."""
+"""Helpers shared by the tests: the real captures in tests/fixtures (or $VARCO_FIXTURES)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from typing import Any
 from varco_labeler.labelstudio.templates import label_config
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("VARCO_FIXTURES", REPO / "tests" / "fixtures"))
 
 if not (FIXTURES / "varco").is_dir():
-    raise RuntimeError(
-        f"test fixtures not found at {FIXTURES}: check out shared/ beside the repository "
-        "or set VARCO_FIXTURES"
-    )
+    raise RuntimeError(f"test fixtures not found at {FIXTURES} (VARCO_FIXTURES)")
 
 
 def varco_fixture(name: str) -> str:

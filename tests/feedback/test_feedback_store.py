@@ -1,4 +1,4 @@
-"""The store against the webhooks Label Studio 1.23.2 really sent (shared/fixtures)."""
+"""The store against the webhooks Label Studio 1.23.2 really sent (tests/fixtures)."""
 
 from __future__ import annotations
 
