@@ -34,6 +34,7 @@ JSON_MIN = "json-min"
 # The result types this project reads; any other is skipped and counted.
 _REGION_TYPES = frozenset({"rectanglelabels", "rectangle", "labels", "textarea"})
 _GEOMETRY = ("x", "y", "width", "height")
+_PLACE = frozenset({*_GEOMETRY, "rotation", "original_width", "original_height"})
 # JSON_MIN keys that describe the annotation, not the task's data or a control's values.
 _MIN_KEYS = frozenset(
     {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time", "agreement"}
@@ -78,17 +79,24 @@ def read_task_file(
     if shape != "folder" and records and all(_is_min_record(r) for _, r in records):
         shape = JSON_MIN
     result = TaskFile(path, shape, [])
+    by_id: dict[Any, dict[str, Any]] = {}  # JSON_MIN has one record per annotation of a task
     for where, record in records:
         if shape == JSON_MIN:
             task = _from_min(record, config, where)
+            known = by_id.get(task["id"]) if task["id"] is not None else None
+            if known is not None:
+                known["annotations"] += task["annotations"]
+                continue
+            by_id[task["id"]] = task
         else:
             task = _task(record, where, result)
         _check_image(task, config, where)
+        result.tasks.append(task)
+    for task in result.tasks:
         for item in _annotations(task) + _predictions(task):
             item["result"] = _usable_results(item, config, result.skipped_results)
         if image_size is not None:
             _fill_sizes(task, config, image_size)
-        result.tasks.append(task)
     return result
 
 
@@ -258,27 +266,37 @@ def _from_min(record: Mapping[str, Any], config: LabelConfig, where: str) -> dic
     where = _named(where, record)
     controls = {config.box_control, config.labels_control, config.text_control} - {None}
     data = {k: v for k, v in record.items() if k not in _MIN_KEYS and k not in controls}
-    regions: dict[tuple[float, ...], dict[str, Any]] = {}
-    boxes = _min_values(record.get(config.box_control), where, config.box_control)
-    for value in boxes:
-        regions[_geometry(value)] = {"box": value}
+    regions = [{"box": value} for value in _min_values(record, config.box_control, where)]
     for name in (config.labels_control, config.text_control):
-        values = _min_values(record.get(name), where, name) if name else []
-        if values and all(isinstance(v, str) for v in values) and len(values) == len(boxes):
-            # A per-region text with one line loses its geometry in JSON_MIN: same order.
-            for value, region in zip(values, regions.values(), strict=True):
-                region[name] = {**region["box"], "text": [value]}
+        values = _min_values(record, name, where) if name else []
+        if name == config.text_control and _all_strings(values) and len(values) == len(regions):
+            # A one-line per-region text loses its geometry in JSON_MIN: join by order.
+            for value, region in zip(values, regions, strict=True):
+                box = _mapping(region["box"])
+                place = {k: v for k, v in box.items() if k in _PLACE}
+                region[name] = {**place, "text": [value]}
             continue
         for value in values:
-            if isinstance(value, Mapping) and _geometry(value) in regions:
-                regions[_geometry(value)][name] = value
-    result = []
-    for index, region in enumerate(regions.values()):
-        region_id = f"min{index}"
-        for name, value in region.items():
-            from_name = config.box_control if name == "box" else name
-            result.append(_min_result(region_id, from_name, value, config))
-    annotation = {
+            joined = next(
+                (r for r in regions if name not in r and _geometry(r["box"]) == _geometry(value)),
+                None,
+            )
+            if joined is not None and _geometry(value) is not None:
+                joined[name] = value
+    result = [
+        _min_result(f"min{index}", config.box_control if name == "box" else name, value, config)
+        for index, region in enumerate(regions)
+        for name, value in region.items()
+    ]
+    if record.get("annotation_id") is None and not result:
+        annotations = []  # a task nobody annotated
+    else:
+        annotations = [_min_annotation(record, result)]
+    return {"id": record.get("id"), "data": data, "annotations": annotations, "predictions": []}
+
+
+def _min_annotation(record: Mapping[str, Any], result: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "id": record.get("annotation_id"),
         "result": result,
         "completed_by": record.get("annotator"),
@@ -286,10 +304,10 @@ def _from_min(record: Mapping[str, Any], config: LabelConfig, where: str) -> dic
         "updated_at": record.get("updated_at"),
         "lead_time": record.get("lead_time"),
     }
-    return {"id": record.get("id"), "data": data, "annotations": [annotation], "predictions": []}
 
 
-def _min_values(values: Any, where: str, name: str | None) -> list[Any]:
+def _min_values(record: Mapping[str, Any], name: str, where: str) -> list[Any]:
+    values = record.get(name)
     if values is None:
         return []
     if isinstance(values, str | Mapping):
@@ -301,8 +319,20 @@ def _min_values(values: Any, where: str, name: str | None) -> list[Any]:
     return values
 
 
-def _geometry(value: Mapping[str, Any]) -> tuple[float, ...]:
-    return tuple(round(float(value.get(k) or 0), 4) for k in _GEOMETRY)
+def _all_strings(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(value, str) for value in values)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _geometry(value: Any) -> tuple[float, ...] | None:
+    """A region's place, to join a box with its labels and text; None when it has none."""
+    numbers = [_mapping(value).get(k) for k in _GEOMETRY]
+    if not all(_finite(n) for n in numbers):
+        return None
+    return tuple(round(float(n), 4) for n in numbers)
 
 
 def _min_result(
@@ -314,6 +344,9 @@ def _min_result(
         kind = "labels"
     else:
         kind = config.box_type
+    if not isinstance(value, Mapping):  # kept as it is: counted as malformed when read
+        return {"id": region_id, "from_name": from_name, "to_name": config.image, "type": kind,
+                "value": value}  # fmt: skip
     sizes = {k: value[k] for k in ("original_width", "original_height") if k in value}
     plain = {k: v for k, v in value.items() if k not in sizes and k != "type"}
     return {
