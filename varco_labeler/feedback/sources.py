@@ -13,7 +13,7 @@ from typing import Any
 
 from varco_labeler.feedback.pairing import Example, PairingStats, pair_tasks
 from varco_labeler.feedback.store import FeedbackStore
-from varco_labeler.feedback.task_files import ImageSize, read_task_file
+from varco_labeler.feedback.task_files import JSON_MIN, ImageSize, read_task_file
 from varco_labeler.labelstudio.config import read_label_config
 
 
@@ -73,17 +73,13 @@ def examples_from_export(
 
     A plain export lists predictions as ids only; with ``store``, the predictions the backend
     recorded for those tasks fill them in. ``needs_model_side`` names what needs the model's
-    predictions (a DPO export, a report): a file that has none (JSON_MIN) is refused for it.
+    predictions (a DPO export, a report): a file whose shape has none (JSON_MIN, a target
+    storage's annotation files) is refused for it unless the store has them.
     """
     stats = stats if stats is not None else PairingStats()
+    read = None
     if isinstance(tasks, Path):
-        config = read_label_config(label_config)
-        read = read_task_file(tasks, config, image_size)
-        if needs_model_side and not read.has_predictions:
-            raise SourceError(
-                f"{tasks}: a JSON_MIN export holds the annotations only, no predictions, so it "
-                f"cannot give {needs_model_side}; export the project as JSON instead"
-            )
+        read = read_task_file(tasks, read_label_config(label_config), image_size)
         source = f"export:{tasks.name}"
         stats.skipped_results.update(read.skipped_results)
         stats.legacy_completions += read.legacy_completions
@@ -92,6 +88,14 @@ def examples_from_export(
     if store is not None:
         recorded = store.predictions_by_task()
         tasks = [_with_recorded(task, recorded.get(_int(task.get("id")), [])) for task in tasks]
+    predicted = any(isinstance(p, Mapping) for task in tasks for p in task["predictions"])
+    if needs_model_side and read is not None and not read.has_predictions and not predicted:
+        what = "a JSON_MIN export" if read.shape == JSON_MIN else "a target storage's files"
+        raise SourceError(
+            f"{read.path}: {what} holds annotations only, no predictions, and the feedback "
+            f"store has none for its tasks, so it cannot give {needs_model_side}; export the "
+            "project as JSON (with predictions) instead"
+        )
     return pair_tasks(tasks, label_config, source, stats, every_version=every_version)
 
 

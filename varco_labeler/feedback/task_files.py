@@ -56,10 +56,11 @@ class TaskFile:
     tasks: list[dict[str, Any]]
     legacy_completions: int = 0
     skipped_results: Counter[str] = field(default_factory=Counter)
+    # Whether the shape can carry predictions at all (JSON_MIN and annotation files cannot).
+    has_predictions: bool = True
 
-    @property
-    def has_predictions(self) -> bool:
-        return self.shape != JSON_MIN
+    def __post_init__(self) -> None:
+        self.has_predictions = self.has_predictions and self.shape != JSON_MIN
 
 
 def read_task_file(
@@ -79,10 +80,15 @@ def read_task_file(
     if shape != "folder" and records and all(_is_min_record(r) for _, r in records):
         shape = JSON_MIN
     result = TaskFile(path, shape, [])
+    if records and all(_is_annotation_record(r) for _, r in records):
+        # A target storage writes one file per annotation, its task nested (Label Studio's
+        # default): gather each task's annotations. Such files never hold predictions.
+        records = _tasks_of_annotations(records)
+        result.has_predictions = False
     by_id: dict[Any, dict[str, Any]] = {}  # JSON_MIN has one record per annotation of a task
     for where, record in records:
         if shape == JSON_MIN:
-            task = _from_min(record, config, where)
+            task = _from_min(record, config, where, result.skipped_results)
             known = by_id.get(task["id"]) if task["id"] is not None else None
             if known is not None:
                 known["annotations"] += task["annotations"]
@@ -95,6 +101,8 @@ def read_task_file(
     for task in result.tasks:
         for item in _annotations(task) + _predictions(task):
             item["result"] = _usable_results(item, config, result.skipped_results)
+            if item.get("skipped") and "was_cancelled" not in item:
+                item["was_cancelled"] = True  # the older name of a skipped task's annotation
         if image_size is not None:
             _fill_sizes(task, config, image_size)
     return result
@@ -115,7 +123,8 @@ def _records(path: Path, text: str) -> tuple[str, list[tuple[str, Any]]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as whole:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        # Only "\n" ends a line: JSON strings may hold U+2028 and other line separators.
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
         if whole.msg != "Extra data" or not lines:
             raise TaskFileError(
                 f"{path}: not JSON (line {whole.lineno}, column {whole.colno}: {whole.msg}); "
@@ -145,6 +154,29 @@ def _folder(path: Path) -> Iterator[tuple[str, Any]]:
     files.sort(key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
     for file in files:
         yield from _records(file, _text(file))[1]
+
+
+def _is_annotation_record(record: Any) -> bool:
+    return (
+        isinstance(record, Mapping)
+        and "data" not in record
+        and "result" in record
+        and isinstance(record.get("task"), Mapping)
+        and "data" in record["task"]
+    )
+
+
+def _tasks_of_annotations(records: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Annotation records (each with its task nested) as tasks with their annotations."""
+    tasks: dict[Any, tuple[str, dict[str, Any]]] = {}
+    for where, record in records:
+        nested = record["task"]
+        annotation = {k: v for k, v in record.items() if k != "task"}
+        where = f"{where} (task {nested.get('id')})"
+        _, task = tasks.setdefault(nested.get("id"), (where, {**nested, "annotations": []}))
+        task["annotations"].append(annotation)
+    ordered = sorted(tasks.items(), key=lambda item: (item[0] is None, str(item[0]).zfill(20)))
+    return [(where, {**task, "predictions": []}) for _, (where, task) in ordered]
 
 
 def _is_min_record(record: Any) -> bool:
@@ -261,27 +293,30 @@ def _fill_sizes(task: Mapping[str, Any], config: LabelConfig, image_size: ImageS
 
 
 # -- JSON_MIN ----------------------------------------------------------------------------------
-def _from_min(record: Mapping[str, Any], config: LabelConfig, where: str) -> dict[str, Any]:
-    """A flat JSON_MIN record as a task with one annotation; regions rejoined by geometry."""
+def _from_min(
+    record: Mapping[str, Any], config: LabelConfig, where: str, skipped: Counter[str]
+) -> dict[str, Any]:
+    """A flat JSON_MIN record as a task with one annotation; each box rejoined with its labels
+    and text: by position when there is one per box (a one-line text loses its geometry in
+    JSON_MIN), else by geometry. What cannot be rejoined is counted."""
     where = _named(where, record)
     controls = {config.box_control, config.labels_control, config.text_control} - {None}
     data = {k: v for k, v in record.items() if k not in _MIN_KEYS and k not in controls}
     regions = [{"box": value} for value in _min_values(record, config.box_control, where)]
     for name in (config.labels_control, config.text_control):
         values = _min_values(record, name, where) if name else []
-        if name == config.text_control and _all_strings(values) and len(values) == len(regions):
-            # A one-line per-region text loses its geometry in JSON_MIN: join by order.
+        if len(values) == len(regions):
             for value, region in zip(values, regions, strict=True):
-                box = _mapping(region["box"])
-                place = {k: v for k, v in box.items() if k in _PLACE}
-                region[name] = {**place, "text": [value]}
+                region[name] = _with_place(value, region["box"])
             continue
         for value in values:
             joined = next(
                 (r for r in regions if name not in r and _geometry(r["box"]) == _geometry(value)),
                 None,
             )
-            if joined is not None and _geometry(value) is not None:
+            if joined is None or _geometry(value) is None:
+                skipped["value without its region (JSON_MIN)"] += 1
+            else:
                 joined[name] = value
     result = [
         _min_result(f"min{index}", config.box_control if name == "box" else name, value, config)
@@ -293,6 +328,13 @@ def _from_min(record: Mapping[str, Any], config: LabelConfig, where: str) -> dic
     else:
         annotations = [_min_annotation(record, result)]
     return {"id": record.get("id"), "data": data, "annotations": annotations, "predictions": []}
+
+
+def _with_place(value: Any, box: Any) -> Any:
+    """A one-line text as JSON_MIN writes it (a plain string) in its box's place."""
+    if not isinstance(value, str):
+        return value
+    return {**{k: v for k, v in _mapping(box).items() if k in _PLACE}, "text": [value]}
 
 
 def _min_annotation(record: Mapping[str, Any], result: list[dict[str, Any]]) -> dict[str, Any]:
@@ -317,10 +359,6 @@ def _min_values(record: Mapping[str, Any], name: str, where: str) -> list[Any]:
             f"{where}: {name!r} is a {type(values).__name__}; expected the control's list of values"
         )
     return values
-
-
-def _all_strings(values: list[Any]) -> bool:
-    return bool(values) and all(isinstance(value, str) for value in values)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
