@@ -16,6 +16,7 @@ Label Studio's export shape; :func:`pair_tasks` turns them into :class:`Example`
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -144,8 +145,8 @@ def _example(
     if prediction is not None:
         model_regions = tuple(results_to_regions(prediction.get("result") or [], config))
     return Example(
-        task_id=_int(task.get("id")),
-        project=_int(task.get("project") or annotation.get("project")),
+        task_id=as_int(task.get("id")),
+        project=as_int(task.get("project") or annotation.get("project")),
         image=image,
         kind=kind,
         prompt=prompt_for(kind),
@@ -156,7 +157,7 @@ def _example(
         model_raw=prediction.get("raw") if prediction else None,
         model_version=prediction.get("model_version") if prediction else None,
         prediction_score=_float(prediction.get("score")) if prediction else None,
-        annotation_id=_int(annotation.get("id")),
+        annotation_id=as_int(annotation.get("id")),
         ground_truth=bool(annotation.get("ground_truth")),
         source=source,
         pairing_rule=rule,
@@ -168,7 +169,7 @@ def _preference(annotation: Mapping[str, Any]) -> tuple[bool, str, int]:
     return (
         bool(annotation.get("ground_truth")),
         str(annotation.get("updated_at") or annotation.get("created_at") or ""),
-        _int(annotation.get("id")) or 0,
+        as_int(annotation.get("id")) or 0,
     )
 
 
@@ -181,8 +182,8 @@ def _side(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> Side:
     if isinstance(parent, Mapping) and isinstance(parent.get("result"), list):
         return parent, STARTED_FROM
     full = _full_predictions(task)
-    parent_id = _int(annotation.get("parent_prediction"))
-    started = [p for p in full if parent_id is not None and _int(p.get("id")) == parent_id]
+    parent_id = as_int(annotation.get("parent_prediction"))
+    started = [p for p in full if parent_id is not None and as_int(p.get("id")) == parent_id]
     if started:
         return started[0], STARTED_FROM
     annotated = _when(annotation.get("created_at"))
@@ -224,7 +225,7 @@ def _latest(predictions: list[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 
 def _age(prediction: Mapping[str, Any]) -> tuple[datetime, int]:
-    return (_when(prediction.get("created_at")) or datetime.min, _int(prediction.get("id")) or 0)
+    return (_when(prediction.get("created_at")) or datetime.min, as_int(prediction.get("id")) or 0)
 
 
 def _when(value: Any) -> datetime | None:
@@ -244,15 +245,17 @@ def _config(label_config: str | LabelConfig) -> LabelConfig:
     )
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """An id as Label Studio means it, or None for anything else (1e400, "x", [])."""
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def _float(value: Any) -> float | None:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None

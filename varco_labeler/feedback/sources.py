@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from varco_labeler.feedback.pairing import Example, PairingStats, pair_tasks
+from varco_labeler.feedback.pairing import Example, PairingStats, as_int, pair_tasks
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.feedback.task_files import JSON_MIN, ImageSize, read_task_file
 from varco_labeler.labelstudio.config import read_label_config
@@ -87,8 +87,8 @@ def examples_from_export(
     tasks = list(tasks)
     if store is not None:
         recorded = store.predictions_by_task()
-        tasks = [_with_recorded(task, recorded.get(_int(task.get("id")), [])) for task in tasks]
-    predicted = any(isinstance(p, Mapping) for task in tasks for p in task["predictions"])
+        tasks = [_with_recorded(task, recorded.get(as_int(task.get("id")), [])) for task in tasks]
+    predicted = any(isinstance(p, Mapping) for t in tasks for p in t.get("predictions") or [])
     if needs_model_side and read is not None and not read.has_predictions and not predicted:
         what = "a JSON_MIN export" if read.shape == JSON_MIN else "a target storage's files"
         raise SourceError(
@@ -158,10 +158,3 @@ def _with_recorded(task: Mapping[str, Any], recorded: list[dict[str, Any]]) -> M
     if has_full or not recorded:
         return task
     return {**task, "predictions": recorded}
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import suppress
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -103,8 +104,11 @@ def read_task_file(
             item["result"] = _usable_results(item, config, result.skipped_results)
             if item.get("skipped") and "was_cancelled" not in item:
                 item["was_cancelled"] = True  # the older name of a skipped task's annotation
+            version = item.get("model_version")
+            if version is not None and not isinstance(version, str):
+                item["model_version"] = str(version) if _finite(version) else None
         if image_size is not None:
-            _fill_sizes(task, config, image_size)
+            _fill_sizes(task, config, image_size, result.skipped_results)
     return result
 
 
@@ -151,9 +155,13 @@ def _folder(path: Path) -> Iterator[tuple[str, Any]]:
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise TaskFileError(f"{path}: an empty folder; expected {EXPECTED}")
-    files.sort(key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
+    files.sort(key=lambda p: (not _numbered(p), int(p.stem) if _numbered(p) else 0, p.name))
     for file in files:
         yield from _records(file, _text(file))[1]
+
+
+def _numbered(path: Path) -> bool:
+    return path.stem.isascii() and path.stem.isdigit()
 
 
 def _is_annotation_record(record: Any) -> bool:
@@ -171,8 +179,9 @@ def _tasks_of_annotations(records: list[tuple[str, Any]]) -> list[tuple[str, Any
     tasks: dict[Any, tuple[str, dict[str, Any]]] = {}
     for where, record in records:
         nested = record["task"]
+        _check_id(nested, where)
         annotation = {k: v for k, v in record.items() if k != "task"}
-        where = f"{where} (task {nested.get('id')})"
+        where = _named(where, {"id": nested.get("id")}).replace("(id", "(task", 1)
         _, task = tasks.setdefault(nested.get("id"), (where, {**nested, "annotations": []}))
         task["annotations"].append(annotation)
     ordered = sorted(tasks.items(), key=lambda item: (item[0] is None, str(item[0]).zfill(20)))
@@ -193,6 +202,7 @@ def _task(record: Any, where: str, result: TaskFile) -> dict[str, Any]:
         raise TaskFileError(
             f"{where}: a JSON {type(record).__name__}, not a task; expected {EXPECTED}"
         )
+    _check_id(record, where)
     where = _named(where, record)
     if not isinstance(record.get("data"), Mapping):
         found = "no" if "data" not in record else f"a {type(record['data']).__name__} as"
@@ -213,8 +223,18 @@ def _task(record: Any, where: str, result: TaskFile) -> dict[str, Any]:
     return task
 
 
+def _check_id(record: Mapping[str, Any], where: str) -> None:
+    task_id = record.get("id")
+    if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int | str)):
+        raise TaskFileError(f'{where}: "id" is a {type(task_id).__name__}; expected an integer')
+
+
 def _named(where: str, record: Mapping[str, Any]) -> str:
-    return f"{where} (id {record['id']})" if record.get("id") is not None else where
+    """Where a task is, for a message; its id quoted so that the message stays one line."""
+    task_id = record.get("id")
+    if task_id is None:
+        return where
+    return f"{where} (id {task_id if isinstance(task_id, int) else repr(task_id)})"
 
 
 def _check_image(task: Mapping[str, Any], config: LabelConfig, where: str) -> None:
@@ -247,15 +267,19 @@ def _usable_results(
     usable = []
     for result in results:
         kind = result.get("type") if isinstance(result, Mapping) else None
-        if kind not in _REGION_TYPES:
-            skipped[str(kind or "malformed")] += 1
+        if not isinstance(kind, str) or kind not in _REGION_TYPES:
+            skipped[kind if isinstance(kind, str) and kind else "malformed"] += 1
         elif result.get("to_name") != config.image:
             skipped["other image or tag"] += 1
         elif not _valid_value(result.get("value"), kind):
             skipped["malformed"] += 1
         else:
             # Items without an id would all merge into one region: each gets its own.
-            usable.append({**result, "id": result.get("id") or f"unnamed-{len(usable)}"})
+            item = {**result, "id": result.get("id") or f"unnamed-{len(usable)}"}
+            for key in ("score", "original_width", "original_height"):
+                if key in item and not _finite(item[key]):
+                    del item[key]  # a score or size that is not a number says nothing
+            usable.append(item)
     return usable
 
 
@@ -272,24 +296,42 @@ def _valid_value(value: Any, kind: str) -> bool:
 
 
 def _finite(number: Any) -> bool:
-    return (
-        isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
-    )
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return False
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
-def _fill_sizes(task: Mapping[str, Any], config: LabelConfig, image_size: ImageSize) -> None:
-    """Rotated boxes without the image's size get it from the image."""
-    needs = [
-        result
-        for item in _annotations(task) + _predictions(task)
-        for result in item["result"]
-        if (result["value"].get("rotation") or 0) % 360
-        and not (result.get("original_width") and result.get("original_height"))
-    ]
-    if needs:
-        width, height = image_size(task["data"][config.data_key])
-        for result in needs:
-            result["original_width"], result["original_height"] = width, height
+def _fill_sizes(
+    task: dict[str, Any], config: LabelConfig, image_size: ImageSize, skipped: Counter[str]
+) -> None:
+    """Rotated boxes without the image's size get it from the image; when the image cannot be
+    had, they are left out (their place cannot be known) and counted."""
+
+    def unsized(result: Mapping[str, Any]) -> bool:
+        return bool((result["value"].get("rotation") or 0) % 360) and not (
+            result.get("original_width") and result.get("original_height")
+        )
+
+    items = _annotations(task) + _predictions(task)
+    if not any(unsized(result) for item in items for result in item["result"]):
+        return
+    image, size = task["data"].get(config.data_key), None
+    if isinstance(image, str) and image:
+        with suppress(ValueError, OSError):  # ImageError is a ValueError
+            size = image_size(image)
+    for item in items:
+        kept = []
+        for result in item["result"]:
+            if not unsized(result):
+                kept.append(result)
+            elif size is None:
+                skipped["rotated box, image size unknown"] += 1
+            else:
+                kept.append({**result, "original_width": size[0], "original_height": size[1]})
+        item["result"] = kept
 
 
 # -- JSON_MIN ----------------------------------------------------------------------------------
@@ -299,6 +341,7 @@ def _from_min(
     """A flat JSON_MIN record as a task with one annotation; each box rejoined with its labels
     and text: by position when there is one per box (a one-line text loses its geometry in
     JSON_MIN), else by geometry. What cannot be rejoined is counted."""
+    _check_id(record, where)
     where = _named(where, record)
     controls = {config.box_control, config.labels_control, config.text_control} - {None}
     data = {k: v for k, v in record.items() if k not in _MIN_KEYS and k not in controls}
