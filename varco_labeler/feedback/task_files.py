@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import suppress
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
