@@ -383,3 +383,28 @@ def test_sft_export_reads_json_min(
     assert summary["image_errors"] == [], summary
     assert summary["model_versions"] == {"none": 2}, summary
     assert (out / "README.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "like", "tasks"),
+    [("task_1.json", "tasks.json", [1]), ("tasks_completions.json", "tasks.json", [1, 2])],
+)
+def test_a_single_task_and_a_completions_file_report_like_their_equivalents(
+    name: str, like: str, tasks: list[int], tmp_path: Path
+) -> None:
+    from varco_labeler.feedback.commands import run_report
+    from varco_labeler.settings import Settings
+
+    config = tmp_path / "config.xml"
+    config.write_text(XML, encoding="utf-8")
+    settings = Settings(model_dir=tmp_path / "store")
+    reports = {}
+    for source in (name, like):
+        path = FIXTURES / source
+        if source == like and tasks != [1, 2]:  # the same tasks on both sides
+            path = tmp_path / like
+            kept = [t for t in json.loads((FIXTURES / like).read_text()) if t["id"] in tasks]
+            path.write_text(json.dumps(kept), encoding="utf-8")
+        reports[source], _ = run_report(str(path), label_config=config, settings=settings)
+    assert reports[name]["versions"] == reports[like]["versions"]
+    assert reports[name]["versions"]["v1"]["tasks"] == 1
