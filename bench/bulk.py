@@ -112,7 +112,7 @@ def _queue(
     root = ctx.subdir(f"bulk/queue-{workers}")
     with Processes(root / "logs") as processes:
         redis_url = processes.redis()
-        queue_env = env | {"REDIS_URL": redis_url, "VARCO_BATCH_SIZE": "8"}
+        queue_env = env | {"REDIS_URL": redis_url, "VARCO_BATCH_SIZE": "8", "MODEL_DIR": str(root)}
         for index in range(workers):
             processes.varco_worker(f"worker-{index}", queue_env, redis_url)
         argv = [str(BIN / "varco-labeler"), "prelabel", "--project", str(project)]

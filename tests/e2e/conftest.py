@@ -285,9 +285,13 @@ class BackendServer:
 
 
 @pytest.fixture(scope="session")
-def our_env(label_studio: LabelStudioServer, tiny_model: Path) -> dict[str, str]:
-    """The environment of our processes (backend, workers, prelabel) for this Label Studio."""
+def our_env(
+    label_studio: LabelStudioServer, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The environment of our processes (backend, workers, prelabel) for this Label Studio;
+    their feedback store in a temporary MODEL_DIR unless a test gives another."""
     return _base_env() | {
+        "MODEL_DIR": str(tmp_path_factory.mktemp("model-dir")),
         "VARCO_MODEL": str(tiny_model),
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,

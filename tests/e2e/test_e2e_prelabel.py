@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +48,13 @@ def predictions(ls_client, project: int) -> list[Any]:
     return list(ls_client.predictions.list(project=project))
 
 
-def predicted_count(ls_client, project: int) -> int:
-    """One request, however many predictions: cheap enough to poll while a run pushes."""
-    return ls_client.projects.get(id=project).total_predictions_number or 0
+def recorded_count(model_dir: Path) -> int:
+    """Predictions a prelabel process has recorded in its feedback store so far."""
+    database = model_dir / "feedback.sqlite3"
+    if not database.exists():
+        return 0
+    with closing(sqlite3.connect(database, timeout=5)) as connection:
+        return connection.execute("SELECT COUNT(*) FROM feedback_predictions").fetchone()[0]
 
 
 def check_complete(ls_client, project: int, count: int, version: str) -> None:
@@ -100,13 +106,16 @@ def test_a_project_of_200_tasks_is_prelabelled_then_a_second_run_does_nothing(
 
 
 def test_an_interrupted_run_resumes_without_losing_or_duplicating(
-    label_studio, ls_client, queue, tiny_model
+    label_studio, ls_client, queue, tiny_model, tmp_path
 ):
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel interrupted", 200)
-    # Jobs of 2 tasks: 100 pushes, so the run is still going when the interrupt comes.
-    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2"}, project)
-    wait_until(lambda: predicted_count(ls_client, project) >= 20, 120, "the first predictions")
+    # Jobs of 2 tasks: 100 pushes, so the run is still going when the interrupt comes; the
+    # prelabel process records each job's predictions in its store as the job finishes, a cheaper
+    # and more immediate sign of progress than asking Label Studio.
+    model_dir = tmp_path / "interrupted"
+    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2", "MODEL_DIR": str(model_dir)}, project)
+    wait_until(lambda: recorded_count(model_dir) >= 20, 120, "the first predictions")
     running.send_signal(signal.SIGINT)
     code, stderr = finish(running, timeout=60)
     assert code == 130, stderr
@@ -122,12 +131,13 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating(
 
 
 def test_label_studio_down_while_pushing_loses_and_duplicates_nothing(
-    label_studio, ls_client, queue, tiny_model
+    label_studio, ls_client, queue, tiny_model, tmp_path
 ):
     _, env = queue
     project = make_project(label_studio, ls_client, "prelabel outage", 60)
-    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2"}, project)
-    wait_until(lambda: predicted_count(ls_client, project) >= 6, 120, "the first predictions")
+    model_dir = tmp_path / "outage"
+    running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2", "MODEL_DIR": str(model_dir)}, project)
+    wait_until(lambda: recorded_count(model_dir) >= 6, 120, "the first predictions")
     label_studio.stop()
     time.sleep(3)
     restart_seconds = label_studio.start()
