@@ -9,6 +9,7 @@ predictions on the same images score higher in the report, without losing the re
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,10 @@ def annotate(images: dict[int, Path], settings: Settings) -> None:
             body["task"].update(id=task_id, data={"image": str(images[task_id])})
             width, height = solid_image(colour).size
             result = regions_to_results([region], CONFIG, width, height, seed=f"human-{task_id}")
-            body["annotation"].update(id=task_id, task=task_id, result=result)
+            now = datetime.now(UTC).isoformat()  # annotated after the pre-labels
+            body["annotation"].update(
+                id=task_id, task=task_id, result=result, created_at=now, updated_at=now
+            )
             store.append(body)
     finally:
         store.close()

@@ -28,9 +28,16 @@ def test_export_and_report_from_the_store(tmp_path: Path) -> None:
     prediction = deepcopy(body["annotation"]["result"])
     prediction[1]["value"]["text"] = ["HELL0"]
     store.record_prediction(
-        task_id=1, project=1, image=str(image), prompt="<ocr>", task_kind="ocr", raw="",
-        result=prediction, model_version="tiny-v1",
-    )  # fmt: skip
+        task_id=1,
+        project=1,
+        image=str(image),
+        prompt="<ocr>",
+        task_kind="ocr",
+        raw="",
+        result=prediction,
+        model_version="tiny-v1",
+        created_at="2026-11-21T22:40:00Z",
+    )  # fmt: skip  (made before the captured annotation)
     store.close()
 
     summary = run_export(

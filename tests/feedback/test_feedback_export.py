@@ -157,9 +157,16 @@ def test_export_file_source_fills_ids_only_predictions_from_the_store(
     result[0]["value"]["x"] = 20.0  # the model put the box elsewhere
     result[1]["value"]["x"] = 20.0
     store.record_prediction(
-        task_id=1, project=1, image="a.png", prompt="<ocr>", task_kind="ocr", raw="",
-        result=result, model_version="tiny-v1",
-    )  # fmt: skip
+        task_id=1,
+        project=1,
+        image="a.png",
+        prompt="<ocr>",
+        task_kind="ocr",
+        raw="",
+        result=result,
+        model_version="tiny-v1",
+        created_at="2026-11-21T22:40:00Z",
+    )  # fmt: skip  (made before the captured annotation)
     (filled,) = examples_from_export(path, config, store=store)
     assert filled.model_version == "tiny-v1"
     assert filled.model_answer == "<char>HELLO</char><bbox>0.2, 0.2, 0.5, 0.25</bbox>"

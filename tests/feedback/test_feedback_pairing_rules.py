@@ -9,6 +9,7 @@ from helpers import CATS_CONFIG
 from varco_labeler.feedback.pairing import (
     LATEST,
     LATEST_BEFORE,
+    NO_PREDICTION,
     STARTED_FROM,
     PairingStats,
     pair_tasks,
@@ -57,10 +58,17 @@ def test_without_a_parent_the_latest_prediction_made_before_the_annotation() -> 
     annotated = {"created_at": "2026-01-02T00:00:00Z"}  # between the two predictions
     (example,) = pair_tasks([task(annotated, EARLY, LATE)], CATS_CONFIG, "t")
     assert (example.model_version, example.pairing_rule) == ("v1", LATEST_BEFORE)
-    (late,) = pair_tasks(
-        [task({"created_at": "2025-12-31T00:00:00Z"}, EARLY, LATE)], CATS_CONFIG, "t"
-    )
-    assert (late.model_version, late.pairing_rule) == ("v2", LATEST)
+    # Every prediction came after the annotation: none is paired (the annotator saw none).
+    first = task({"created_at": "2025-12-31T00:00:00Z"}, EARLY, LATE)
+    (unseen,) = pair_tasks([first], CATS_CONFIG, "t")
+    assert (unseen.model_version, unseen.pairing_rule) == (None, NO_PREDICTION)
+
+
+def test_a_task_re_predicted_after_the_annotation_pairs_with_the_version_annotated() -> None:
+    """Predicted by v1, annotated, then re-predicted by v2: the pair is v1's."""
+    annotated = {"created_at": "2026-01-02T00:00:00Z"}
+    (example,) = pair_tasks([task(annotated, EARLY, LATE)], CATS_CONFIG, "t")
+    assert example.model_version == "v1" and example.model_answer is not None
 
 
 def test_a_report_scores_every_model_version_of_a_task() -> None:

@@ -107,6 +107,7 @@ def test_recorded_prediction_pairs_with_the_annotation(store: FeedbackStore) -> 
         width=640,
         height=480,
         score=0.5,
+        created_at="2026-11-21T22:40:00Z",  # before the captured annotation
     )
     (example,) = examples_from_store(store)
     assert example.model_version == "tiny-v1" and example.project == 1

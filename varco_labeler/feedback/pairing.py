@@ -7,11 +7,13 @@ Label Studio's export shape; :func:`pair_tasks` turns them into :class:`Example`
 - the human answer is the annotation's regions written as the model should have answered;
 - the model's answer is the prediction the annotator started from (``annotation.prediction``
   when Label Studio sent it in full, or the prediction whose id is ``parent_prediction``), else the
-  latest prediction made before the annotation, else the task's latest; written the same way as
-  the human answer so that it differs only where the human changed something. Which of these
-  rules paired each example is counted in :class:`PairingStats` (``rules``);
-- for a report, every model version of a task is paired (``every_version``): one example per
-  version, so a task counts for each version that predicted it.
+  latest prediction made before the annotation, never one made after it (the annotator never saw
+  it); written the same way as the human answer so that it differs only where the human changed
+  something. Which rule paired each example is counted in :class:`PairingStats` (``rules``);
+- for a report, every model version of a task is scored against the human answer
+  (``every_version``): one example per version, the one the annotator saw by the rules above and
+  every other version by its latest prediction (``latest``), so a version made after the
+  annotation is still measured against it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from varco_labeler.feedback.store import parse_timestamp
 from varco_labeler.labelstudio import LabelConfig, read_label_config, results_to_regions
 from varco_labeler.regions import Region, regions_to_varco
 from varco_labeler.varco import Task, prompt_for
@@ -32,6 +35,8 @@ STARTED_FROM = "started_from"
 LATEST_BEFORE = "latest_before_annotation"
 LATEST = "latest"
 NO_PREDICTION = "none"
+# How far the backend's clock (predictions) and Label Studio's (annotations) may disagree.
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -186,14 +191,17 @@ def _side(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> Side:
     started = [p for p in full if parent_id is not None and as_int(p.get("id")) == parent_id]
     if started:
         return started[0], STARTED_FROM
-    annotated = _when(annotation.get("created_at"))
-    # A prediction without a time is taken as made before: older exports do not stamp them.
-    before = [
-        p for p in full if annotated and (_when(p.get("created_at")) or annotated) <= annotated
-    ]
+    annotated = parse_timestamp(annotation.get("created_at"))
+    if annotated is None:  # an annotation without a time (older files): the latest, said so
+        return (_latest(full), LATEST) if full else (None, NO_PREDICTION)
+    # A prediction without a time is taken as made before: older exports do not stamp them. The
+    # store stamps predictions with this machine's clock, Label Studio annotations with its own.
+    seen_by = annotated + CLOCK_SKEW
+    before = [p for p in full if (parse_timestamp(p.get("created_at")) or annotated) <= seen_by]
     if before:
         return _latest(before), LATEST_BEFORE
-    return (_latest(full), LATEST) if full else (None, NO_PREDICTION)
+    # Never one made after the annotation: the annotator never saw it.
+    return None, NO_PREDICTION
 
 
 def _every_version(annotation: Mapping[str, Any], task: Mapping[str, Any]) -> list[Side]:
@@ -225,18 +233,8 @@ def _latest(predictions: list[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 
 def _age(prediction: Mapping[str, Any]) -> tuple[datetime, int]:
-    return (_when(prediction.get("created_at")) or datetime.min, as_int(prediction.get("id")) or 0)
-
-
-def _when(value: Any) -> datetime | None:
-    """An ISO timestamp (Label Studio's ``...Z`` or the store's ``+00:00``), as naive UTC."""
-    try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    made = parse_timestamp(prediction.get("created_at")) or datetime.min
+    return made, as_int(prediction.get("id")) or 0
 
 
 def _config(label_config: str | LabelConfig) -> LabelConfig:

@@ -7,6 +7,9 @@ transaction of upserts and nothing else; pairing and exports read the tables lat
 Annotation webhooks are applied as upserts keyed by Label Studio's annotation id, guarded by the
 annotation's ``updated_at``: a redelivered or late, older version never overwrites a newer one,
 and a deletion is sticky.
+
+The schema is migrated with Alembic when a store opens (``migrations/``, packaged with the code;
+no alembic.ini): the ORM models below describe the head revision.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -37,16 +41,38 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FILE = "feedback.sqlite3"
 ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 DELETE_ACTION = "ANNOTATIONS_DELETED"
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The head of migrations/versions (a test checks it): a store already there opens without
+# loading Alembic at all.
+SCHEMA_REVISION = "0002"
+# The revision that describes the last release without migrations, and its tables.
+_UNVERSIONED_REVISION = "0001"
+_UNVERSIONED_TABLES = frozenset(
+    {
+        "feedback_projects",
+        "feedback_tasks",
+        "feedback_predictions",
+        "feedback_annotations",
+        "feedback_events",
+    }
+)
+_VERSION_TABLE = "alembic_version"
 
 
 # Label Studio ids are 64-bit in PostgreSQL; SQLite auto-increments only INTEGER primary keys.
@@ -153,6 +179,8 @@ class PredictionRecord:
     width: int | None = None
     height: int | None = None
     score: float | None = None
+    # When the prediction was made (ISO), if not now: a prediction read back from elsewhere.
+    created_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,7 +198,7 @@ class PredictionRecord:
             "project": _project_id(self.project),
             "task_kind": str(self.task_kind),
             "fingerprint": self.fingerprint,
-            "created_at": _now(),
+            "created_at": parse_timestamp(self.created_at) or _now(),
         }
 
 
@@ -203,8 +231,7 @@ class FeedbackStore:
             self._write_lock: threading.Lock | None = threading.Lock()
         else:
             self._write_lock = None
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -409,8 +436,8 @@ class FeedbackStore:
             "ground_truth": bool(annotation.get("ground_truth")),
             "completed_by": _int(annotation.get("completed_by")),
             "lead_time": annotation.get("lead_time"),
-            "created_at": _timestamp(annotation.get("created_at")),
-            "updated_at": _timestamp(annotation.get("updated_at")) or now,
+            "created_at": parse_timestamp(annotation.get("created_at")),
+            "updated_at": parse_timestamp(annotation.get("updated_at")) or now,
         }
         table = AnnotationRow.__table__
         statement = self._insert(table).values(id=annotation_id, deleted=False, **values)
@@ -424,6 +451,10 @@ class FeedbackStore:
             )
         )
         return annotation_id
+
+
+class SchemaError(RuntimeError):
+    """The store's schema is not one this release can migrate (e.g. a newer release's)."""
 
 
 class _Transaction:
@@ -451,20 +482,112 @@ class _Transaction:
                 self.lock.release()
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Bring a store made by an earlier release up to date: ``create_all`` adds tables, not
-    columns. Only nullable columns are ever added, so old rows stay valid."""
-    inspector = inspect(engine)
-    with engine.begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(sql_text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
+def migrate(engine: Engine) -> None:
+    """Bring the store's schema to the head revision (:data:`SCHEMA_REVISION`).
+
+    A store already there costs one query and never loads Alembic. Otherwise Alembic runs, in
+    one transaction that a second process opening the store at the same time waits for (SQLite:
+    ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock per schema). A store made before migrations
+    (the tables, no ``alembic_version``) is stamped at the revision that describes it first; an
+    empty database is built from nothing. Raises :class:`SchemaError` for a revision this release
+    does not know (a newer release migrated the store).
+    """
+    with engine.connect() as conn:
+        if _revisions(conn) == {SCHEMA_REVISION}:
+            return
+    with _migration_transaction(engine) as conn:
+        _upgrade(conn)
+
+
+def alembic_config(url: str | None = None, *, connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the store's migrations, without an alembic.ini: the
+    connection to migrate (the store's way), or a URL (for ``alembic.command`` by hand)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _revisions(conn: Connection) -> set[str]:
+    """The revisions ``alembic_version`` holds; empty when there is no such table."""
+    if not inspect(conn).has_table(_VERSION_TABLE):
+        return set()
+    return set(
+        conn.execute(
+            select(sql_column("version_num")).select_from(sql_table(_VERSION_TABLE))
+        ).scalars()
+    )
+
+
+@contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One connection in one transaction that holds the schema for itself, DDL included."""
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    key = "varco_labeler.feedback migrations: "
+                    conn.execute(
+                        sql_text(
+                            "SELECT pg_advisory_xact_lock(hashtext(:key || current_schema()))"
+                        ),
+                        {"key": key},
+                    )
+                yield conn
+            return
+        # pysqlite begins a transaction before DML only, so DDL would commit one statement at a
+        # time: take transactions over for this connection, and the write lock up front.
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        level = driver.isolation_level
+        driver.isolation_level = None
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            driver.isolation_level = level
+
+
+def _upgrade(conn: Connection) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    config = alembic_config(connection=conn)
+    current = _revisions(conn)  # again, now that no one else migrates
+    if current == {SCHEMA_REVISION}:
+        return
+    script = ScriptDirectory.from_config(config)
+    for revision in sorted(current):
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            where = conn.engine.url.render_as_string(hide_password=True)
+            raise SchemaError(
+                f"the feedback store at {where} has schema revision {revision!r}, which this "
+                f"release of varco-labeler does not know (its newest is {SCHEMA_REVISION!r}): a "
+                "newer release migrated it. Run that release, or point this one at another store "
+                "(VARCO_DATABASE_URL, MODEL_DIR)."
+            ) from None
+    if not current:
+        tables = set(inspect(conn).get_table_names()) & _UNVERSIONED_TABLES
+        if tables == _UNVERSIONED_TABLES:
+            log.info("feedback store made before migrations: stamped at %s", _UNVERSIONED_REVISION)
+            command.stamp(config, _UNVERSIONED_REVISION)
+        elif tables:
+            log.info("feedback store with only %s: creating the rest", ", ".join(sorted(tables)))
+    command.upgrade(config, "head")
+    log.info("feedback store schema at %s", SCHEMA_REVISION)
 
 
 def _annotation_json(row: Any) -> dict[str, Any]:
@@ -506,9 +629,9 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     # WAL lets exports read while the webhook writes; NORMAL sync is durable across a process crash
     # and keeps a webhook write at a few milliseconds.
     cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=5000")  # first: switching to WAL waits for others too
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
 
@@ -528,8 +651,14 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _timestamp(value: Any) -> datetime | None:
-    """Label Studio's ISO timestamps ("...Z") as naive UTC, comparable in every database."""
+def parse_timestamp(value: Any) -> datetime | None:
+    """Label Studio's ISO timestamps ("...Z"), ours ("+00:00") or seconds since the epoch (older
+    files), as naive UTC, comparable in every database; None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            return None
     if not value:
         return None
     try:

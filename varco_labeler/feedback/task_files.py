@@ -286,11 +286,12 @@ def _usable_results(
 def _valid_value(value: Any, kind: str) -> bool:
     if not isinstance(value, Mapping):
         return False
+    if value.get("rotation") is not None and not _finite(value["rotation"]):
+        return False
     numbers = [value.get(key) for key in _GEOMETRY]
     if not all(_finite(n) for n in numbers):
-        return kind != "rectangle" and kind != "rectanglelabels" and not any(numbers)
-    if not _finite(value.get("rotation") or 0):
-        return False
+        # Labels and texts may come without a place; boxes may not, nor a half-given place.
+        return kind not in ("rectangle", "rectanglelabels") and all(n is None for n in numbers)
     names = value.get(kind) if kind in ("rectanglelabels", "labels") else value.get("text")
     return names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))
 
