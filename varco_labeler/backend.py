@@ -119,10 +119,13 @@ class Backend:
         label_config: str,
         project: str | None = None,
         context: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
+        """``deadline``: seconds left to wait for the model (default VARCO_PREDICT_DEADLINE)."""
         policy = self.policy(project, label_config)
         works, results = self._plan(tasks, policy, _project_id(project), context)
-        outputs = self.dispatcher.run([w.item for w in works], self.settings.predict_deadline)
+        wait = self.settings.predict_deadline if deadline is None else deadline
+        outputs = self.dispatcher.run([w.item for w in works], wait)
         converted: list[Converted] = []
         for work, output in zip(works, outputs, strict=True):
             results[work.task_index] = self._prediction(work, output, policy, converted)

@@ -3,16 +3,26 @@
 Endpoints: GET /health, POST /setup, POST /predict, GET|POST /versions, POST /webhook.
 Label Studio shows only "500 Server Error" for failures, so every error is also logged, and
 /health reports the last problem.
+
+Threads: Label Studio sends each webhook once, with a 1 s timeout, never retried, while a bulk
+"Retrieve predictions" can keep hundreds of /predict requests waiting on the model. So /predict
+runs on its own bounded pool (PREDICT_THREADS) and /webhook on its own small one
+(WEBHOOK_THREADS); neither takes a thread of the shared AnyIO pool that the other (sync)
+endpoints use, and a webhook never queues behind a prediction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from typing import Annotated, Any
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
@@ -23,6 +33,15 @@ from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Threads that run /predict (each waits on the model up to VARCO_PREDICT_DEADLINE). Requests
+# admitted beyond this (VARCO_MAX_PENDING_TASKS bounds them) wait for a thread, and their deadline
+# counts from their arrival. Below AnyIO's default 40, though /predict no longer uses that pool.
+PREDICT_THREADS = 32
+# Threads that write webhooks to the feedback store (a few ms each; SQLite serialises writers).
+WEBHOOK_THREADS = 2
 
 
 class SetupRequest(BaseModel):
@@ -54,7 +73,20 @@ class WebhookRequest(BaseModel):
 
 def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
     settings = backend.settings
-    app = FastAPI(title="varco-labeler ML backend", version=backend.model_version)
+    predict_pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
+    webhook_pool = ThreadPoolExecutor(WEBHOOK_THREADS, thread_name_prefix="webhook")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            webhook_pool.shutdown(wait=True)  # a webhook being written is finished, not dropped
+            predict_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="varco-labeler ML backend", version=backend.model_version, lifespan=lifespan
+    )
     guard = _basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
 
     @app.exception_handler(BadRequest)
@@ -99,31 +131,49 @@ def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
 
     @app.post("/predict", dependencies=[guard])
     async def predict(body: PredictRequest) -> dict[str, Any]:
-        # Admission happens here, on the event loop, before a worker thread is taken: a flood
-        # of requests is refused at once instead of piling up behind the thread pool.
+        # Admission happens here, on the event loop, before a predict thread is taken: a flood
+        # of requests is refused at once instead of piling up behind the thread pool. The
+        # deadline counts from arrival: time spent waiting for one of the PREDICT_THREADS is
+        # taken off it, so a queued request still answers within VARCO_PREDICT_DEADLINE.
         context = body.params.context if body.params else None
+        arrived = time.monotonic()
+
+        def run() -> dict[str, Any]:
+            left = max(0.0, settings.predict_deadline - (time.monotonic() - arrived))
+            return backend.predict(body.tasks, body.label_config, body.project, context, left)
+
         with backend.admission(len(body.tasks)):
-            return await run_in_threadpool(
-                backend.predict, body.tasks, body.label_config, body.project, context
-            )
+            return await _on(predict_pool, run)
 
     @app.post("/webhook", dependencies=[guard])
-    def webhook(body: WebhookRequest) -> dict[str, Any]:
-        feedback.append(body.model_dump())
+    async def webhook(body: WebhookRequest) -> dict[str, Any]:
+        # Its own threads: the reply (within Label Studio's 1 s) comes after the write, so an
+        # acknowledged event is stored, whatever /predict is doing.
+        await _on(webhook_pool, feedback.append, body.model_dump())
         return {"status": "ok", "action": body.action}
 
     return app
+
+
+async def _on(pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
 # Module level: FastAPI resolves the (postponed) annotation below in this module's namespace.
 _BASIC = HTTPBasic(auto_error=False)
 
 
-def _basic_auth(user: str | None, password: str | None) -> Any:
-    if not user or not password:
-        return Depends(lambda: None)
+async def _no_auth() -> None:
+    return None
 
-    def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
+
+def _basic_auth(user: str | None, password: str | None) -> Any:
+    # Async on purpose: a sync dependency would take a thread of the shared AnyIO pool, and
+    # /webhook must not wait for one.
+    if not user or not password:
+        return Depends(_no_auth)
+
+    async def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
         ok = credentials is not None and (
             secrets.compare_digest(credentials.username.encode(), user.encode())
             & secrets.compare_digest(credentials.password.encode(), password.encode())
