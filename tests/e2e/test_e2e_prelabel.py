@@ -115,13 +115,13 @@ def test_an_interrupted_run_resumes_without_losing_or_duplicating(
     # and more immediate sign of progress than asking Label Studio.
     model_dir = tmp_path / "interrupted"
     running = prelabel(env | {"VARCO_PRELABEL_JOB_SIZE": "2", "MODEL_DIR": str(model_dir)}, project)
-    wait_until(lambda: recorded_count(model_dir) >= 20, 120, "the first predictions")
+    wait_until(lambda: recorded_count(model_dir) >= 2, 120, "the first job's predictions")
     running.send_signal(signal.SIGINT)
     code, stderr = finish(running, timeout=60)
     assert code == 130, stderr
     assert "interrupted: run the same command again to finish the rest" in stderr
     first = len(predictions(ls_client, project))
-    assert 20 <= first < 200
+    assert 2 <= first < 200
 
     code, stderr = finish(prelabel(env, project))
     assert code == 0, stderr

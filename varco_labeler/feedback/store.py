@@ -495,6 +495,9 @@ def migrate(engine: Engine) -> None:
     with engine.connect() as conn:
         if _revisions(conn) == {SCHEMA_REVISION}:
             return
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET:  # its INFO lines (plugins, DDL) are noise to users
+        alembic_log.setLevel(logging.WARNING)
     with _migration_transaction(engine) as conn:
         _upgrade(conn)
 
