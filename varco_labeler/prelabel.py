@@ -231,12 +231,18 @@ def _tally(summary: Summary, outcome: dict[str, Any], store: FeedbackStore) -> N
 
 @contextmanager
 def _interrupt_as_keyboard() -> Iterator[None]:
-    """Make SIGTERM stop a run the way Ctrl-C does."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Make SIGINT and SIGTERM stop a run the way Ctrl-C does: also when the command was started
+    with SIGINT ignored (a shell's background job `&` inherits that), so `kill -INT` still stops
+    it cleanly."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, signal.default_int_handler) for number in stops}
+    # A mask inherited from the parent would hold the signal back just as well.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def prelabel_folder(
