@@ -5,9 +5,7 @@ in one sentence."""
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -27,10 +25,6 @@ from varco_labeler.feedback.store import (
     PredictionRecord,
     SchemaError,
     alembic_config,
-)
-
-POSTGRES_URL = os.environ.get(
-    "VARCO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
 # The previous release's tables exactly as its ``create_all`` made them (commit e4a277f),
@@ -134,29 +128,8 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         names = iter(range(100))
         yield lambda: f"sqlite:///{tmp_path / f'feedback-{next(names)}.sqlite3'}"
         return
-    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install psycopg[binary]")
-    admin = sa.create_engine(POSTGRES_URL)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error.orig}")
-    schemas: list[str] = []
-
-    def new() -> str:
-        schema = f"migrations_{uuid.uuid4().hex[:8]}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        schemas.append(schema)
-        separator = "&" if "?" in POSTGRES_URL else "?"
-        return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
-
-    yield new
-    with admin.begin() as conn:
-        for schema in schemas:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+    new_schema = request.getfixturevalue("postgres_schemas")
+    yield lambda: new_schema("migrations")
 
 
 def previous_release(url: str, rows: dict[str, list[dict[str, Any]]] = OLD_ROWS) -> None:

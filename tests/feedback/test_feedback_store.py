@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -126,33 +125,12 @@ def test_webhook_write_fits_the_one_second_budget(store: FeedbackStore) -> None:
     assert per_event < 0.1, f"{per_event * 1000:.1f} ms per webhook"
 
 
-POSTGRES_URL = os.environ.get(
-    "VARCO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
 @pytest.fixture
-def postgres_store():
-    """A store in a fresh schema of the local PostgreSQL, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install psycopg[binary]")
-    admin = sqlalchemy.create_engine(POSTGRES_URL)
-    try:
-        with admin.connect():
-            pass
-    except sqlalchemy.exc.OperationalError as error:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error.orig}")
-    schema = f"feedback_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    store = FeedbackStore(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}")
+def postgres_store(postgres_schemas: Callable[[str], str]) -> Iterator[FeedbackStore]:
+    """A store in a fresh schema of the local PostgreSQL."""
+    store = FeedbackStore(postgres_schemas("feedback"))
     yield store
     store.close()
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 def test_postgresql_store(postgres_store: FeedbackStore) -> None:
