@@ -153,3 +153,22 @@ def test_the_workers_version_wins_unless_this_command_was_told_another():
         agreed_version("cli", True, {"gpu-a": "w"})
     with pytest.raises(PolicyError, match="gpu-a: v1, gpu-b: v2"):
         agreed_version("v1", False, {"gpu-a": "v1", "gpu-b": "v2"})
+
+
+def test_a_task_whose_labels_cannot_hold_the_fallback_fails_alone():
+    """A prelabel job converts each task under the policy; one task's bad labels fail that task."""
+    from varco_labeler.jobs import convert_batch
+
+    policy = Policy.resolve(
+        SETTINGS, read_label_config(DYNAMIC_CONFIG), {"fallback_label": "Other"}
+    )
+    raw = "<obj>a cat</obj><bbox>0.1, 0.1, 0.3, 0.3</bbox>"
+    items = [
+        policy.item("1", {"photo": "a.png", "options": ["Cat", "Other"]}, task_id=1),
+        policy.item("2", {"photo": "b.png", "options": ["Cat"]}, task_id=2),
+    ]
+    outputs = [output(raw) | model_output(parse(raw)) | {"key": i["key"]} for i in items]
+    converted, failed = convert_batch(policy, items, outputs)
+    assert [done.record.task_id for done in converted] == [1]
+    assert "task" not in converted[0].prediction  # the push adds it, Label Studio's reply must not
+    assert list(failed) == ["2"] and "fallback label 'Other'" in failed["2"]

@@ -215,7 +215,7 @@ class Backend:
             else:
                 done = convert_one(policy, work.item, output)
                 converted.append(done)
-                prediction = {k: v for k, v in done.prediction.items() if k != "task"}
+                prediction = done.prediction
         except PolicyError as error:
             self._problem(f"task {work.item['key']}: {error}")
             return []

@@ -25,7 +25,7 @@ from varco_labeler.engine.base import Engine, Request
 from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.sink import PredictionSink
-from varco_labeler.policy import Policy
+from varco_labeler.policy import Policy, PolicyError
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
 
@@ -181,9 +181,8 @@ def prelabel_batch(
     # A queue job run again (its worker died, or it failed) may have pushed before: check for
     # that. Without a queue (embedded) a batch runs once.
     rerun = job is not None and (job.retries_left or 0) < context.settings.job_retries
-    pushed, present = context.label_studio().push(
-        project, [p.prediction for p in predictions], may_have_landed=rerun
-    )
+    pushes = [{"task": p.record.task_id, **p.prediction} for p in predictions]
+    pushed, present = context.label_studio().push(project, pushes, may_have_landed=rerun)
     return {
         "pushed": pushed,
         "present": present,
@@ -198,7 +197,6 @@ class Converted:
 
     prediction: dict[str, Any]
     record: PredictionRecord
-    dropped: list[str]
 
 
 def convert_batch(
@@ -214,15 +212,19 @@ def convert_batch(
         raise RuntimeError(f"images unreachable, job to be retried: {unreachable[0]}")
     converted, failed = [], {}
     for item, output in zip(items, outputs, strict=True):
+        task = str(item.get("task_id", item["key"]))
         if "error" in output:
-            failed[str(item.get("task_id", item["key"]))] = output["error"]
+            failed[task] = output["error"]
             continue
-        converted.append(convert_one(policy, item, output))
+        try:
+            converted.append(convert_one(policy, item, output))
+        except PolicyError as error:  # this task's own labels cannot hold the regions
+            failed[task] = str(error)
     return converted, failed
 
 
 def convert_one(policy: Policy, item: Mapping[str, Any], output: Mapping[str, Any]) -> Converted:
-    """One finished output as a prediction (with its task id, for a push) and its record.
+    """One finished output as a Label Studio prediction and its record.
 
     ``item["reference"]``, when set, is how Label Studio will know the image (a folder run's
     URL prefix), else the image as fetched.
@@ -247,9 +249,7 @@ def convert_one(policy: Policy, item: Mapping[str, Any], output: Mapping[str, An
         height=output["height"],
         score=prediction.get("score"),
     )
-    if task_id is not None:
-        prediction = {"task": task_id, **prediction}
-    return Converted(prediction, record, conversion.dropped)
+    return Converted(prediction, record)
 
 
 def engine_version() -> str:

@@ -77,9 +77,10 @@ def examples_from_export(
     storage's annotation files) is refused for it unless the store has them.
     """
     stats = stats if stats is not None else PairingStats()
+    config = read_label_config(label_config)  # parsed once, for the reader and the pairing
     read = None
     if isinstance(tasks, Path):
-        read = read_task_file(tasks, read_label_config(label_config), image_size)
+        read = read_task_file(tasks, config, image_size)
         source = f"export:{tasks.name}"
         stats.skipped_results.update(read.skipped_results)
         stats.legacy_completions += read.legacy_completions
@@ -96,7 +97,7 @@ def examples_from_export(
             f"store has none for its tasks, so it cannot give {needs_model_side}; export the "
             "project as JSON (with predictions) instead"
         )
-    return pair_tasks(tasks, label_config, source, stats, every_version=every_version)
+    return pair_tasks(tasks, config, source, stats, every_version=every_version)
 
 
 def snapshot_export(
