@@ -4,6 +4,9 @@ Endpoints: GET /health, POST /setup, POST /predict, GET|POST /versions, POST /we
 Label Studio shows only "500 Server Error" for failures, so every error is also logged, and
 /health reports the last problem.
 
+Webhooks are notifications: /webhook keeps one and answers; a :class:`Reconciler` reads what it
+names back from Label Studio right after (see ``feedback.sync``).
+
 Threads: Label Studio sends each webhook once, with a 1 s timeout, never retried, while a bulk
 "Retrieve predictions" can keep hundreds of /predict requests waiting on the model. So /predict
 runs on its own bounded pool (PREDICT_THREADS) and /webhook on its own small one
@@ -29,7 +32,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from varco_labeler.backend import Backend, BadRequest, Busy
-from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.feedback.reconciler import Reconciler
+from varco_labeler.feedback.store import EventState, FeedbackStore
 from varco_labeler.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,18 +75,32 @@ class WebhookRequest(BaseModel):
     action: str = Field(min_length=1)
 
 
-def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
+def create_app(
+    backend: Backend, feedback: FeedbackStore, reconciler: Reconciler | None = None
+) -> FastAPI:
+    """``reconciler``: reads webhook notifications back from Label Studio (and syncs on a
+    timer); without one (no LABEL_STUDIO_URL or API key) they wait in the store for ``sync``."""
     settings = backend.settings
     predict_pool = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
     webhook_pool = ThreadPoolExecutor(WEBHOOK_THREADS, thread_name_prefix="webhook")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if reconciler is not None:
+            reconciler.start()  # first, notifications left pending by the last run
+        else:
+            log.warning(
+                "LABEL_STUDIO_URL or LABEL_STUDIO_API_KEY unset: webhooks are kept as "
+                "notifications but not read back, so no annotation reaches the feedback store "
+                "until `varco-labeler sync` runs with them set"
+            )
         try:
             yield
         finally:
             webhook_pool.shutdown(wait=True)  # a webhook being written is finished, not dropped
             predict_pool.shutdown(wait=False, cancel_futures=True)
+            if reconciler is not None:
+                reconciler.stop()
 
     app = FastAPI(
         title="varco-labeler ML backend", version=backend.model_version, lifespan=lifespan
@@ -113,7 +131,10 @@ def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
     @app.get("/health")
     @app.get("/")
     def health() -> dict[str, Any]:
-        return backend.health()
+        webhooks = {"pending": feedback.event_states().get(EventState.PENDING, 0)}
+        if reconciler is not None and reconciler.last_problem:
+            webhooks["problem"] = reconciler.last_problem
+        return backend.health() | {"webhooks": webhooks}
 
     @app.post("/setup", dependencies=[guard])
     def setup(body: SetupRequest) -> dict[str, Any]:
@@ -147,9 +168,12 @@ def create_app(backend: Backend, feedback: FeedbackStore) -> FastAPI:
 
     @app.post("/webhook", dependencies=[guard])
     async def webhook(body: WebhookRequest) -> dict[str, Any]:
-        # Its own threads: the reply (within Label Studio's 1 s) comes after the write, so an
-        # acknowledged event is stored, whatever /predict is doing.
-        await _on(webhook_pool, feedback.append, body.model_dump())
+        # Its own threads: the reply (within Label Studio's 1 s) comes after the notification
+        # is written, so an acknowledged event is kept, whatever /predict is doing. What it
+        # names is read back from Label Studio after the reply, never taken from the body.
+        state = await _on(webhook_pool, feedback.notify, body.model_dump())
+        if reconciler is not None and state == EventState.PENDING:
+            reconciler.wake()
         return {"status": "ok", "action": body.action}
 
     return app

@@ -76,6 +76,9 @@ class Settings:
     image_timeout: float = 15.0
     # The task when the label config does not decide it: "grounding" or "ocr".
     default_task: str | None = None
+    # `serve` reconciles the feedback store with Label Studio every this many seconds (what
+    # `varco-labeler sync --all` does); 0: never (webhooks only, `sync` by hand).
+    sync_interval: float = 0.0
 
     @property
     def version(self) -> str:
@@ -168,6 +171,7 @@ _ENV_NAMES = {
     "max_image_pixels": "VARCO_MAX_IMAGE_PIXELS",
     "image_timeout": "VARCO_IMAGE_TIMEOUT",
     "default_task": "VARCO_TASK",
+    "sync_interval": "VARCO_SYNC_INTERVAL",
 }
 assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
 
@@ -188,6 +192,7 @@ _NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_image_bytes": _POSITIVE,
     "max_image_pixels": _POSITIVE,
     "image_timeout": _POSITIVE,
+    "sync_interval": _NOT_NEGATIVE,
 }
 assert set(_NUMBER_RULES) == {
     f.name

@@ -340,16 +340,21 @@ class Received:
         self.store = FeedbackStore(model_dir=backend.model_dir)
 
     def events(self) -> list[tuple[str, list[int]]]:
-        """(action, annotation ids) of every webhook received, in order."""
+        """(action, annotation ids) of every webhook read back, in order."""
         from sqlalchemy import select
 
-        from varco_labeler.feedback.store import EventRow
+        from varco_labeler.feedback.store import EventRow, EventState
 
-        query = select(EventRow.action, EventRow.annotation_ids).order_by(EventRow.id)
+        query = (
+            select(EventRow.action, EventRow.annotation_ids)
+            .where(EventRow.state == EventState.APPLIED)
+            .order_by(EventRow.id)
+        )
         with self.store.engine.connect() as conn:
             return [(action, ids or []) for action, ids in conn.execute(query)]
 
     def wait_for(self, action: str, annotation_id: int, timeout: float = 10.0) -> None:
+        """Until the webhook came and what it names was read back from Label Studio."""
         deadline = time.monotonic() + timeout
         while (action, annotation_id) not in {(a, i) for a, ids in self.events() for i in ids}:
             if time.monotonic() > deadline:

@@ -48,6 +48,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from varco_labeler.labelstudio.timestamps import iso as _iso
+from varco_labeler.labelstudio.timestamps import parse_timestamp
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -60,7 +63,7 @@ DELETE_ACTION = "ANNOTATIONS_DELETED"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The head of migrations/versions (a test checks it): a store already there opens without
 # loading Alembic at all.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 # The revision that describes the last release without migrations, and its tables.
 _UNVERSIONED_REVISION = "0001"
 _UNVERSIONED_TABLES = frozenset(
@@ -101,6 +104,9 @@ class TaskRow(Base):
     project: Mapped[int | None] = mapped_column(Integer, index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # Unsubmitted work Label Studio held for the task ({id, annotation, user, updated_at} each)
+    # when it was last read in full: never training data, but it says the task is in hand.
+    drafts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class PredictionRow(Base):
@@ -121,9 +127,12 @@ class PredictionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     # What makes a prediction the same one (see PredictionRecord.fingerprint): recorded once.
     fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Label Studio's id for this prediction once read back (what ``parent_prediction`` names).
+    label_studio_id: Mapped[int | None] = mapped_column(BigInteger)
     __table_args__ = (
         Index("ix_feedback_predictions_task", "task_id", "created_at"),
         Index("ix_feedback_predictions_fingerprint", "fingerprint", unique=True),
+        Index("ix_feedback_predictions_label_studio_id", "label_studio_id", unique=True),
     )
 
 
@@ -137,6 +146,8 @@ class AnnotationRow(Base):
     result: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # The prediction the annotator started from, when Label Studio sent it in full.
     prediction: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Label Studio's id of that prediction (``parent_prediction``), when it keeps one.
+    parent_prediction: Mapped[int | None] = mapped_column(BigInteger)
     was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
     ground_truth: Mapped[bool] = mapped_column(Boolean, default=False)
     completed_by: Mapped[int | None] = mapped_column(Integer)
@@ -147,7 +158,11 @@ class AnnotationRow(Base):
 
 
 class EventRow(Base):
-    """Every webhook received; bodies are kept only for actions the store does not interpret."""
+    """Every webhook received; bodies are kept only for actions the store does not interpret.
+
+    An annotation event is a notification: it waits ``pending`` until what it names is read back
+    from Label Studio, then says what came of it (:class:`EventState`).
+    """
 
     __tablename__ = "feedback_events"
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -156,6 +171,19 @@ class EventRow(Base):
     annotation_ids: Mapped[list[int] | None] = mapped_column(JSON)
     body: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(
+        String(16), default="applied", server_default="applied", index=True
+    )
+
+
+class SyncRow(Base):
+    """Where ``sync`` got to in a project: tasks changed before ``cursor`` are in the store."""
+
+    __tablename__ = "feedback_sync"
+    project: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    cursor: Mapped[datetime | None] = mapped_column(DateTime)
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -214,6 +242,88 @@ class StoredTask:
     label_config: str | None
 
 
+class EventState:
+    """What came of a webhook (``feedback_events.state``)."""
+
+    PENDING = "pending"  # an annotation event not yet read back from Label Studio
+    APPLIED = "applied"  # read back: the store holds what Label Studio holds
+    NOT_IN_LABEL_STUDIO = "not_found"  # Label Studio has no such annotation: nothing kept
+    UNKNOWN_PROJECT = "unknown_project"  # a project this backend was never set up for
+    KEPT = "kept"  # not an annotation event: kept for the record
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A pending annotation event: which annotations to read back."""
+
+    id: int
+    action: str
+    project: int | None
+    annotation_ids: list[int]
+
+
+@dataclass
+class TaskChanges:
+    """What applying one task changed: annotations added, updated, marked deleted, and
+    Label Studio predictions new to the store."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    predictions: int = 0
+
+    def __iadd__(self, other: TaskChanges) -> TaskChanges:
+        self.added += other.added
+        self.updated += other.updated
+        self.deleted += other.deleted
+        self.predictions += other.predictions
+        return self
+
+
+@dataclass
+class TaskSummary:
+    """How many submitted and skipped annotations and Label Studio predictions the store holds
+    for a task."""
+
+    annotations: int = 0
+    cancelled: int = 0
+    predictions: int = 0
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """Where ``sync`` got to in a project, and what its last finished run did."""
+
+    cursor: datetime | None
+    synced_at: datetime | None
+    stats: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Event:
+    action: str
+    project: int | None
+    annotation_ids: list[int]
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> _Event:
+        action = str(body.get("action") or "")
+        project = body.get("project")
+        project_id = _int(project.get("id")) if isinstance(project, Mapping) else _int(project)
+        ids: list[int] = []
+        annotation = body.get("annotation")
+        if action in ANNOTATION_ACTIONS and isinstance(annotation, Mapping):
+            ids = [i for i in [_int(annotation.get("id"))] if i is not None]
+        elif action == DELETE_ACTION:
+            listed = body.get("annotations") or []
+            ids = [
+                i
+                for i in (_int(a.get("id")) for a in listed if isinstance(a, Mapping))
+                if i is not None
+            ]
+        return cls(action, project_id, ids)
+
+
 class FeedbackStore:
     """Predictions and annotations in SQL. ``url``: a SQLAlchemy URL, or None for SQLite in
     ``model_dir``."""
@@ -236,50 +346,187 @@ class FeedbackStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- writing ---------------------------------------------------------------------------
+    # -- webhooks: notifications -----------------------------------------------------------
+    def notify(self, event_body: Mapping[str, Any]) -> str:
+        """Keep one webhook as a notification, in one short transaction (Label Studio gives a
+        webhook 1 s). An annotation event is ``pending`` until :class:`ReadBack` reads what it
+        names from Label Studio; nothing it claims is taken as true. Others (START_TRAINING,
+        PROJECT_UPDATED, ...) are kept as they came, for the record. Returns the state."""
+        event = _Event.of(event_body)
+        state = EventState.PENDING if event.annotation_ids else EventState.KEPT
+        if event.action in ANNOTATION_ACTIONS | {DELETE_ACTION} and not event.annotation_ids:
+            log.warning("%s webhook without an annotation id: kept as it came", event.action)
+        with self._transaction() as conn:
+            _log_event(conn, event, event_body, state)
+        return state
+
     def append(self, event_body: Mapping[str, Any]) -> None:
-        """Apply one Label Studio webhook body. Same signature as the old ``EventLog.append``."""
-        action = str(event_body.get("action") or "")
+        """Apply a webhook body as true, as if Label Studio had vouched for it: for bodies read
+        from Label Studio itself (tests replay captured ones). The backend calls :meth:`notify`.
+        """
+        event = _Event.of(event_body)
         now = _now()
         project = event_body.get("project")
-        project_id = _int(project.get("id")) if isinstance(project, Mapping) else _int(project)
         with self._transaction() as conn:
-            if isinstance(project, Mapping) and project_id is not None:
-                self._upsert_project(conn, project_id, project, now)
-            annotation_ids: list[int] | None = None
-            body: dict[str, Any] | None = None
-            annotation = event_body.get("annotation")
-            has_id = isinstance(annotation, Mapping) and _int(annotation.get("id")) is not None
-            if action in ANNOTATION_ACTIONS and has_id:
-                task = event_body.get("task")
+            if isinstance(project, Mapping) and event.project is not None:
+                self._upsert_project(conn, event.project, project, now)
+            task, annotation = event_body.get("task"), event_body.get("annotation")
+            if event.action in ANNOTATION_ACTIONS and event.annotation_ids:
+                assert isinstance(annotation, Mapping)
                 if isinstance(task, Mapping) and _int(task.get("id")) is not None:
-                    self._upsert_task(conn, task, project_id, now)
-                annotation_ids = [self._upsert_annotation(conn, annotation, project_id, now)]
-            elif action == DELETE_ACTION:
-                annotation_ids = [
-                    i
-                    for i in (_int(a.get("id")) for a in event_body.get("annotations") or [])
-                    if i is not None
-                ]
-                if annotation_ids:
-                    conn.execute(
-                        update(AnnotationRow)
-                        .where(AnnotationRow.id.in_(annotation_ids))
-                        .values(deleted=True)
+                    self._upsert_task(conn, task, event.project, now)
+                self._upsert_annotation(conn, annotation, event.project, now)
+            elif event.action == DELETE_ACTION:
+                self._mark_deleted(conn, event.annotation_ids)
+            state = EventState.APPLIED if event.annotation_ids else EventState.KEPT
+            _log_event(conn, event, event_body, state)
+
+    def pending_events(self, limit: int = 100) -> list[Notification]:
+        """Annotation events not yet read back, oldest first."""
+        query = (
+            select(EventRow.id, EventRow.action, EventRow.project, EventRow.annotation_ids)
+            .where(EventRow.state == EventState.PENDING)
+            .order_by(EventRow.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [Notification(*row) for row in conn.execute(query)]
+
+    def settle(self, event_id: int, state: str) -> None:
+        """Say what came of a notification once what it names was read back."""
+        with self._transaction() as conn:
+            conn.execute(update(EventRow).where(EventRow.id == event_id).values(state=state))
+
+    def event_states(self) -> dict[str, int]:
+        """How many webhooks are in each :class:`EventState`."""
+        query = select(EventRow.state, func.count()).group_by(EventRow.state)
+        with self.engine.connect() as conn:
+            return {state: int(count) for state, count in conn.execute(query)}
+
+    # -- Label Studio's own word ------------------------------------------------------------
+    def register_project(
+        self, project_id: int, *, title: str | None = None, label_config: str | None = None
+    ) -> None:
+        """A project this backend serves (its /setup, or ``sync``): only such a project's
+        annotations are kept."""
+        project = {"title": title, "label_config": label_config}
+        with self._transaction() as conn:
+            self._upsert_project(conn, int(project_id), project, _now())
+
+    def is_set_up(self, project_id: int | None) -> bool:
+        if project_id is None:
+            return False
+        query = select(func.count()).select_from(ProjectRow).where(ProjectRow.id == project_id)
+        with self.engine.connect() as conn:
+            return bool(conn.execute(query).scalar_one())
+
+    def projects(self) -> list[int]:
+        """The projects this backend serves."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(ProjectRow.id).order_by(ProjectRow.id)).scalars())
+
+    def apply_task(self, project_id: int, task: Mapping[str, Any]) -> TaskChanges:
+        """Make the store hold what Label Studio holds for one task: ``task`` as Label Studio
+        returns it with its annotations, drafts and predictions (``GET /api/tasks/{id}/``, or a
+        Data Manager page with ``fields=all``).
+
+        Annotations Label Studio no longer has are marked deleted; a stored annotation is
+        replaced only by a version at least as new. Predictions are matched to the ones this
+        backend recorded (same task, version and result) and given Label Studio's id, or kept
+        as read when another model made them.
+        """
+        task_id = int(task["id"])
+        annotations = [a for a in task.get("annotations") or [] if _int(a.get("id")) is not None]
+        now = _now()
+        with self._transaction() as conn:
+            self._upsert_task(conn, task, project_id, now, drafts=_drafts(task))
+            stored = {
+                row.id: row
+                for row in conn.execute(
+                    select(AnnotationRow.id, AnnotationRow.updated_at, AnnotationRow.deleted).where(
+                        AnnotationRow.task_id == task_id
                     )
-            else:  # START_TRAINING, PROJECT_UPDATED, ...: kept as they came, for the record
-                if action in ANNOTATION_ACTIONS:
-                    log.warning("%s webhook without an annotation id: kept as it came", action)
-                body = _without_label_config(event_body)
-            conn.execute(
-                EventRow.__table__.insert().values(
-                    action=action,
-                    project=project_id,
-                    annotation_ids=annotation_ids,
-                    body=body,
-                    received_at=now,
                 )
-            )
+            }
+            changes = TaskChanges()
+            for annotation in annotations:
+                old = stored.get(int(annotation["id"]))
+                new_time = parse_timestamp(annotation.get("updated_at"))
+                if old is None or old.deleted:
+                    changes.added += 1
+                elif new_time is not None and new_time > old.updated_at:
+                    changes.updated += 1
+                else:
+                    continue
+                self._upsert_annotation(conn, annotation, project_id, now, revive=True)
+            held = {int(a["id"]) for a in annotations}
+            gone = [i for i, row in stored.items() if i not in held and not row.deleted]
+            changes.deleted = self._mark_deleted(conn, gone)
+            changes.predictions = self._link_predictions(conn, task, project_id)
+            return changes
+
+    def mark_deleted(self, annotation_ids: Iterable[int]) -> int:
+        """Annotations Label Studio no longer has (confirmed by asking it)."""
+        with self._transaction() as conn:
+            return self._mark_deleted(conn, list(annotation_ids))
+
+    def forget_tasks(self, task_ids: Iterable[int]) -> int:
+        """Tasks deleted in Label Studio: their annotations are marked deleted."""
+        ids = list(task_ids)
+        with self._transaction() as conn:
+            gone = conn.execute(
+                select(AnnotationRow.id).where(
+                    AnnotationRow.task_id.in_(ids), AnnotationRow.deleted.is_(False)
+                )
+            ).scalars()
+            return self._mark_deleted(conn, list(gone))
+
+    def task_summaries(self, project: int) -> dict[int, TaskSummary]:
+        """What the store holds of each task of a project, to compare with Label Studio's
+        counts without reading every task in full."""
+        summaries: dict[int, TaskSummary] = {}
+        with self.engine.connect() as conn:
+            for task_id in conn.execute(select(TaskRow.id).where(TaskRow.project == project)):
+                summaries[task_id[0]] = TaskSummary()
+            for task_id, cancelled in conn.execute(
+                select(AnnotationRow.task_id, AnnotationRow.was_cancelled).where(
+                    AnnotationRow.project == project, AnnotationRow.deleted.is_(False)
+                )
+            ):
+                summary = summaries.setdefault(task_id, TaskSummary())
+                summary.cancelled += bool(cancelled)
+                summary.annotations += not cancelled
+            for (task_id,) in conn.execute(
+                select(PredictionRow.task_id).where(
+                    PredictionRow.project == project, PredictionRow.label_studio_id.is_not(None)
+                )
+            ):
+                summaries.setdefault(task_id, TaskSummary()).predictions += 1
+        return summaries
+
+    def sync_state(self, project: int) -> SyncState | None:
+        query = select(SyncRow.cursor, SyncRow.synced_at, SyncRow.stats).where(
+            SyncRow.project == project
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+            return SyncState(*row) if row else None
+
+    def save_sync_state(
+        self,
+        project: int,
+        *,
+        cursor: datetime | None,
+        stats: Mapping[str, Any] | None = None,
+        finished: bool = False,
+    ) -> None:
+        """Where ``sync`` got to; written after every page, so a stopped run resumes there."""
+        values: dict[str, Any] = {"cursor": cursor}
+        if finished:
+            values |= {"synced_at": _now(), "stats": dict(stats or {})}
+        with self._transaction() as conn:
+            statement = self._insert(SyncRow.__table__).values(project=project, **values)
+            conn.execute(statement.on_conflict_do_update(index_elements=["project"], set_=values))
 
     def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
         """Keep predictions as made: raw model text, regions and the Label Studio result.
@@ -406,13 +653,21 @@ class FeedbackStore:
         )
 
     def _upsert_task(
-        self, conn: Connection, task: Mapping[str, Any], project_id: int | None, now: datetime
+        self,
+        conn: Connection,
+        task: Mapping[str, Any],
+        project_id: int | None,
+        now: datetime,
+        *,
+        drafts: list[dict[str, Any]] | None = None,
     ) -> None:
-        values = {
+        values: dict[str, Any] = {
             "project": _int(task.get("project")) or project_id,
             "data": dict(task.get("data") or {}),
             "updated_at": now,
         }
+        if drafts is not None:
+            values["drafts"] = drafts
         statement = self._insert(TaskRow.__table__).values(id=_int(task["id"]), **values)
         conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
 
@@ -422,7 +677,11 @@ class FeedbackStore:
         annotation: Mapping[str, Any],
         project_id: int | None,
         now: datetime,
+        *,
+        revive: bool = False,
     ) -> int:
+        """``revive``: Label Studio itself says the annotation exists, so a stored deletion
+        (from a webhook that came first) gives way."""
         annotation_id = int(annotation["id"])
         prediction = annotation.get("prediction")
         values = {
@@ -435,22 +694,79 @@ class FeedbackStore:
             "was_cancelled": bool(annotation.get("was_cancelled")),
             "ground_truth": bool(annotation.get("ground_truth")),
             "completed_by": _int(annotation.get("completed_by")),
+            "parent_prediction": _int(annotation.get("parent_prediction")),
             "lead_time": annotation.get("lead_time"),
             "created_at": parse_timestamp(annotation.get("created_at")),
             "updated_at": parse_timestamp(annotation.get("updated_at")) or now,
         }
         table = AnnotationRow.__table__
         statement = self._insert(table).values(id=annotation_id, deleted=False, **values)
-        # Only a version at least as new replaces the stored one; a deletion stays.
+        # Only a version at least as new replaces the stored one; a deletion stays unless
+        # Label Studio itself shows the annotation.
+        newer = table.c.updated_at <= statement.excluded.updated_at
         conn.execute(
             statement.on_conflict_do_update(
                 index_elements=["id"],
-                set_=values,
-                where=(table.c.updated_at <= statement.excluded.updated_at)
-                & table.c.deleted.is_(False),
+                set_={**values, "deleted": False} if revive else values,
+                where=(newer | table.c.deleted) if revive else newer & table.c.deleted.is_(False),
             )
         )
         return annotation_id
+
+    def _mark_deleted(self, conn: Connection, annotation_ids: list[int]) -> int:
+        if not annotation_ids:
+            return 0
+        result = conn.execute(
+            update(AnnotationRow)
+            .where(AnnotationRow.id.in_(annotation_ids), AnnotationRow.deleted.is_(False))
+            .values(deleted=True)
+        )
+        return int(result.rowcount or 0)
+
+    def _link_predictions(self, conn: Connection, task: Mapping[str, Any], project_id: int) -> int:
+        """Give the predictions this backend recorded Label Studio's ids; keep the others as
+        read. Returns how many of Label Studio's predictions were new to the store."""
+        task_id = int(task["id"])
+        rows = conn.execute(
+            select(
+                PredictionRow.id,
+                PredictionRow.label_studio_id,
+                PredictionRow.model_version,
+                PredictionRow.result,
+            ).where(PredictionRow.task_id == task_id)
+        ).all()
+        linked = {row.label_studio_id for row in rows if row.label_studio_id is not None}
+        unlinked = [row for row in rows if row.label_studio_id is None]
+        new = 0
+        for prediction in task.get("predictions") or []:
+            ls_id = _int(prediction.get("id")) if isinstance(prediction, Mapping) else None
+            if ls_id is None or ls_id in linked:
+                continue
+            ours = next(
+                (
+                    row
+                    for row in unlinked
+                    if row.model_version == prediction.get("model_version")
+                    and row.result == prediction.get("result")
+                ),
+                None,
+            )
+            if ours is not None:
+                unlinked.remove(ours)
+                conn.execute(
+                    update(PredictionRow)
+                    .where(PredictionRow.id == ours.id)
+                    .values(label_studio_id=ls_id)
+                )
+            else:
+                conn.execute(
+                    PredictionRow.__table__.insert().values(
+                        _prediction_from_label_studio(prediction, task, project_id, ls_id)
+                    )
+                )
+            new += 1
+            linked.add(ls_id)
+        return new
 
 
 class SchemaError(RuntimeError):
@@ -600,6 +916,7 @@ def _annotation_json(row: Any) -> dict[str, Any]:
         "project": row.project,
         "result": row.result,
         "prediction": row.prediction or {},
+        "parent_prediction": row.parent_prediction,
         "was_cancelled": row.was_cancelled,
         "ground_truth": row.ground_truth,
         "completed_by": row.completed_by,
@@ -612,6 +929,7 @@ def _annotation_json(row: Any) -> dict[str, Any]:
 def _prediction_json(row: Any) -> dict[str, Any]:
     """A stored prediction in Label Studio's shape, plus what only the backend knew."""
     return {
+        "id": row.label_studio_id,
         "result": row.result,
         "score": row.score,
         "model_version": row.model_version,
@@ -638,6 +956,58 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _log_event(conn: Connection, event: _Event, body: Mapping[str, Any], state: str) -> None:
+    kept = None if event.annotation_ids else _without_label_config(body)
+    conn.execute(
+        EventRow.__table__.insert().values(
+            action=event.action,
+            project=event.project,
+            annotation_ids=event.annotation_ids or None,
+            body=kept,
+            received_at=_now(),
+            state=state,
+        )
+    )
+
+
+def _drafts(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A task's drafts as the store keeps them: who has what in hand, not the work itself."""
+    return [
+        {
+            "id": _int(draft.get("id")),
+            "annotation": _int(draft.get("annotation")),
+            "user": draft.get("user"),  # Label Studio names the user (an email)
+            "updated_at": draft.get("updated_at"),
+        }
+        for draft in task.get("drafts") or []
+        if isinstance(draft, Mapping) and _int(draft.get("id")) is not None
+    ]
+
+
+def _prediction_from_label_studio(
+    prediction: Mapping[str, Any], task: Mapping[str, Any], project_id: int, ls_id: int
+) -> dict[str, Any]:
+    """A prediction another model (or an import) made, as Label Studio keeps it: no raw text."""
+    data = task.get("data") or {}
+    image = next((v for v in data.values() if isinstance(v, str)), "")
+    score = prediction.get("score")
+    return {
+        "task_id": int(task["id"]),
+        "project": project_id,
+        "image": image,
+        "prompt": "",
+        "task_kind": "",
+        "raw": "",
+        "regions": [],
+        "result": list(prediction.get("result") or []),
+        "model_version": str(prediction.get("model_version") or ""),
+        "score": float(score) if isinstance(score, int | float) else None,
+        "created_at": parse_timestamp(prediction.get("created_at")) or _now(),
+        "fingerprint": f"label-studio:{ls_id}",
+        "label_studio_id": ls_id,
+    }
+
+
 def _without_label_config(body: Mapping[str, Any]) -> dict[str, Any]:
     """The event body without the project's label config, which the projects table keeps."""
     out = dict(body)
@@ -652,29 +1022,6 @@ def _without_label_config(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """Label Studio's ISO timestamps ("...Z"), ours ("+00:00") or seconds since the epoch (older
-    files), as naive UTC, comparable in every database; None for anything else."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() + "Z" if value else None
 
 
 def _int(value: Any) -> int | None:
