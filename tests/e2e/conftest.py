@@ -275,13 +275,46 @@ def ls_client(label_studio: LabelStudioServer):
 
 @dataclass
 class BackendServer:
+    """``varco-labeler serve`` on a port and a store of its own; :meth:`stop` and :meth:`start`
+    restart it on both (Label Studio keeps calling the same URL)."""
+
     service: Service
     model_dir: Path
     start_seconds: float
+    env: dict[str, str]
+    root: Path
 
     @property
     def url(self) -> str:
         return self.service.url
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def start(self) -> float:
+        self.service = _serve(self.service.url, self.env, self.root)
+        self.start_seconds = self.service.wait_healthy(BACKEND_START_TIMEOUT)
+        return self.start_seconds
+
+
+def _serve(url: str, env: dict[str, str], root: Path) -> Service:
+    port = url.rsplit(":", 1)[1]
+    argv = [str(BIN / "varco-labeler"), "serve", "--host", "127.0.0.1", "--port", port]
+    return start_service("varco-labeler serve", url, argv, env, root / "backend.log", root)
+
+
+def start_backend(our_env: dict[str, str], root: Path) -> BackendServer:
+    model_dir = root / "model-dir"
+    env = our_env | {"MODEL_DIR": str(model_dir)}
+    service = _serve(f"http://127.0.0.1:{free_port()}", env, root)
+    server = BackendServer(service, model_dir, 0.0, env, root)
+    try:
+        server.start_seconds = service.wait_healthy(BACKEND_START_TIMEOUT)
+    except BaseException:
+        service.stop()
+        raise
+    print(f"\n[e2e] backend up at {service.url} in {server.start_seconds:.1f} s", file=sys.stderr)
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -305,16 +338,16 @@ def our_env(
 def backend(
     our_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BackendServer]:
-    root = tmp_path_factory.mktemp("backend")
-    model_dir = root / "model-dir"
-    port = free_port()
-    env = our_env | {"MODEL_DIR": str(model_dir)}
-    argv = [str(BIN / "varco-labeler"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    service = start_service("varco-labeler serve", url, argv, env, root / "backend.log", root)
-    try:
-        seconds = service.wait_healthy(BACKEND_START_TIMEOUT)
-        print(f"\n[e2e] backend up at {service.url} in {seconds:.1f} s", file=sys.stderr)
-        yield BackendServer(service, model_dir, seconds)
-    finally:
-        service.stop()
+    server = start_backend(our_env, tmp_path_factory.mktemp("backend"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_backend(
+    our_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BackendServer]:
+    """A backend for one module's tests alone: they may stop and start it."""
+    server = start_backend(our_env, tmp_path_factory.mktemp("own-backend"))
+    yield server
+    server.stop()

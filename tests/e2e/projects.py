@@ -1,8 +1,12 @@
-"""Label Studio projects for the end-to-end tests: local-file tasks of plain-coloured images."""
+"""Label Studio projects for the end-to-end tests: local-file tasks of plain-coloured images;
+and ``varco``, our command line as a user runs it."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from helpers import CAT_DOG_CONFIG
@@ -40,3 +44,14 @@ def make_project(
     ]
     ls_client.projects.import_tasks(id=project.id, request=tasks)
     return project.id
+
+
+def varco(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``varco-labeler ARGS`` in a process of its own, output captured."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "varco-labeler"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

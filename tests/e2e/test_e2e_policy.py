@@ -12,38 +12,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from helpers import GREEN, OCR_PROFILE
 from processes import Processes, RedisProcess
-from projects import make_project
+from projects import make_project, varco
 
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.labelstudio.templates import label_config
 
-BIN = Path(sys.executable).parent
 OCR_CONFIG = label_config("ocr", ["Text", "Handwriting"])
 # An OCR project (its regions have text) that the model settings turn into grounding, with a
 # fallback label for phrases that match none ("red cat") and a minimum score.
 POLICY_CONFIG = label_config("ocr", ["Dog", "Other"])
 EXTRA_PARAMS = {"task": "grounding", "fallback_label": "Other", "min_score": 0.5}
-
-
-def varco(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "varco-labeler"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def results_by_image(ls_client: Any, project: int) -> dict[str, list[list[tuple]]]:

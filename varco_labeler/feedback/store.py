@@ -693,7 +693,7 @@ class FeedbackStore:
             else None,
             "was_cancelled": bool(annotation.get("was_cancelled")),
             "ground_truth": bool(annotation.get("ground_truth")),
-            "completed_by": _int(annotation.get("completed_by")),
+            "completed_by": _user_id(annotation.get("completed_by")),
             "parent_prediction": _int(annotation.get("parent_prediction")),
             "lead_time": annotation.get("lead_time"),
             "created_at": parse_timestamp(annotation.get("created_at")),
@@ -1029,6 +1029,11 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _user_id(user: Any) -> int | None:
+    """Label Studio names a user by id in lists and as an object ({"id": ...}) in a task."""
+    return _int(user.get("id")) if isinstance(user, Mapping) else _int(user)
 
 
 def _project_id(project: int | str | None) -> int | None:
