@@ -271,3 +271,24 @@ def test_an_annotation_pairs_with_the_prediction_it_was_made_from(
         store.close()
     assert example.model_version == "version-A"
     assert example.pairing_rule == STARTED_FROM
+
+
+def test_a_restarted_backend_catches_up_by_itself_with_a_sync_interval(
+    label_studio, ls_client, own_backend: BackendServer
+) -> None:
+    project = make_project(label_studio, ls_client, "sync: interval", 1)
+    connect(ls_client, project, own_backend)
+    (task,) = [t.id for t in ls_client.tasks.list(project=project)]
+    own_backend.stop()
+    made = ls_client.annotations.create(task, result=[box("Dog")])  # its webhook is lost
+    own_backend.env["VARCO_SYNC_INTERVAL"] = "1"
+    try:
+        own_backend.start()
+        deadline = time.monotonic() + 60
+        while made.id not in stored_annotations(own_backend, project):
+            assert time.monotonic() < deadline, "the periodic sync never caught up"
+            time.sleep(0.5)
+    finally:
+        own_backend.stop()
+        del own_backend.env["VARCO_SYNC_INTERVAL"]
+        own_backend.start()
