@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -113,16 +112,6 @@ def test_recorded_prediction_pairs_with_the_annotation(store: FeedbackStore) -> 
     assert example.model_raw == "<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
     assert example.model_answer == "<char>HELL0</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
     assert example.answer == "<char>HELLO</char><bbox>0.1, 0.2, 0.4, 0.25</bbox>"
-
-
-def test_webhook_write_fits_the_one_second_budget(store: FeedbackStore) -> None:
-    body = labelstudio_fixture(UPDATED)
-    store.append(body)  # first write creates the file's pages
-    started = time.perf_counter()
-    for _ in range(20):
-        store.append(body)
-    per_event = (time.perf_counter() - started) / 20
-    assert per_event < 0.1, f"{per_event * 1000:.1f} ms per webhook"
 
 
 @pytest.fixture
