@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from varco_labeler.labelstudio.config import LabelConfig, LabelConfigError, labels_from_task
+from varco_labeler.labelstudio.images import cloud_reference
 from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.labelstudio.predictions import Conversion, conversion_from_regions
 from varco_labeler.regions import ParserNotes, Region
@@ -187,7 +188,9 @@ class Policy:
     def item(self, key: str, data: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
         """A job item for one task: what to ask about which image, and its labels when the task
         brings its own. Raises :class:`PolicyError` for a task that cannot be pre-labelled."""
-        item = {"key": key, "image": self.image_of(data), "task": self.task.value}
+        # A cloud URI is fetched through Label Studio's resolver for its task.
+        image = cloud_reference(self.image_of(data), extra.get("task_id"))
+        item = {"key": key, "image": image, "task": self.task.value}
         item |= {"prompt": self.prompt, **extra}
         if self.config is not None and self.config.labels_data_key is not None:
             item["labels"] = list(self.labels_for(data))

@@ -63,6 +63,20 @@ def image_host() -> Iterator[ImageHost]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             host.requests.append(self.path)
+            if self.path.startswith(("/tasks/", "/elsewhere/")):  # redirects, as presign does
+                self.send_response(303)
+                # Another host name for this server: the bucket is not Label Studio.
+                bucket = host.url.replace("127.0.0.1", "localhost")
+                self.send_header("Location", f"{bucket}/bucket/red.png?X-Amz-Signature=SECRET")
+                self.end_headers()
+                return
+            if self.path.startswith("/bucket/"):  # a presigned object: no token, the signature
+                body = host.images["/data/local-files/?d=images/red.png"]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             if self.headers.get("Authorization") not in (
                 f"Token {TOKEN}",
                 f"Bearer {ACCESS_TOKEN}",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from PIL import Image
 from processes import PERSONAL_TOKEN, TOKEN
 
-from varco_labeler.labelstudio.images import ImageError, ImageFetcher
+from varco_labeler.labelstudio.images import ImageError, ImageFetcher, cloud_reference
 
 
 @pytest.fixture
@@ -34,8 +35,7 @@ def test_personal_access_token_is_exchanged_for_a_bearer_token(image_host):
     fetcher = ImageFetcher(image_host.url, PERSONAL_TOKEN)
     fetcher.fetch("/data/local-files/?d=images/a.png")
     fetcher.fetch("/data/local-files/?d=images/red.png")
-    assert image_host.requests.count("POST /api/token/refresh/") >= 1
-    assert fetcher._bearer == "short-lived-access"
+    assert image_host.requests.count("POST /api/token/refresh/") == 1  # exchanged once
 
 
 def test_wrong_token_is_named(image_host):
@@ -48,7 +48,7 @@ def test_wrong_token_is_named(image_host):
     [
         ("http://169.254.169.254/latest/meta-data/", "host '169.254.169.254' is not allowed"),
         ("https://evil.example/cat.png", "not allowed; add it to VARCO_ALLOWED_IMAGE_HOSTS"),
-        ("s3://bucket/cat.png", "must be resolved by Label Studio"),
+        ("s3://bucket/cat.png", "is resolved by Label Studio for its task"),
         ("gopher://x/1", "unsupported image URL scheme"),
         ("/etc/passwd", "not inside an allowed directory"),
         ("file:///etc/passwd", "not inside an allowed directory"),
@@ -111,3 +111,43 @@ def test_exif_orientation_is_applied_before_the_model_sees_the_image(tmp_path):
     (tmp_path / "turned.jpg").write_bytes(buffer.getvalue())
     image, _ = ImageFetcher(local_roots=(tmp_path,)).fetch(str(tmp_path / "turned.jpg"))
     assert image.size == (48, 64)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local (cloud metadata)"),
+        ("http://[fd00:ec2::254]/latest/meta-data/", "link-local (cloud metadata)"),
+        ("http://localhost:9/x.png", "loopback"),
+        ("http://10.1.2.3/x.png", "private"),
+        ("http://192.168.0.7/x.png", "private"),
+    ],
+)
+def test_any_host_still_never_reaches_metadata_loopback_or_private_addresses(url, kind):
+    fetcher = ImageFetcher(allowed_hosts=("*",))
+    with pytest.raises(ImageError, match=rf"a {re.escape(kind)} address: refused"):
+        fetcher.fetch(url)
+
+
+def test_a_private_host_named_in_the_allowed_hosts_is_fetched(image_host):
+    fetcher = ImageFetcher(allowed_hosts=("*", "127.0.0.1"))
+    assert fetcher.fetch(f"{image_host.url}/bucket/red.png?X-Amz-Signature=x")[0].size == (48, 40)
+
+
+def test_label_studio_redirect_is_followed_and_the_signature_never_shown(image_host, caplog):
+    cloud = cloud_reference("s3://bucket/red.png", 7)
+    assert cloud.startswith("/tasks/7/resolve/?fileuri=")
+    trusted = ImageFetcher(image_host.url, TOKEN, allowed_hosts=("localhost",))
+    assert trusted.fetch(cloud)[0].size == (48, 40)
+    # The presigned URL's host is loopback: followed only when named.
+    with pytest.raises(ImageError, match="loopback address") as refused:
+        ImageFetcher(image_host.url, TOKEN).fetch(cloud)
+    assert "SECRET" not in str(refused.value) and "X-Amz-Signature=..." not in caplog.text
+    assert "SECRET" not in caplog.text
+
+
+def test_a_redirect_from_another_host_is_refused(image_host):
+    fetcher = ImageFetcher(allowed_hosts=("127.0.0.1", "localhost"))  # allowed, not Label Studio
+    with pytest.raises(ImageError, match="only Label Studio's redirects are followed") as refused:
+        fetcher.fetch(f"{image_host.url}/elsewhere/cat.png")
+    assert "SECRET" not in str(refused.value)

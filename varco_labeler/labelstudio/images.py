@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import ipaddress
 import logging
-import time
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import ParseResult, unquote, urlparse
 
 import httpx
 from PIL import Image, ImageOps
+from tenacity import (
+    before_sleep_log,
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from varco_labeler.labelstudio.client import LabelStudioAuth, LabelStudioError
 
 if TYPE_CHECKING:
     from varco_labeler.settings import Settings
@@ -76,11 +89,16 @@ def decode_image(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Imag
 class ImageFetcher:
     """Fetches task images: from Label Studio, allowed hosts, or allowed local directories only.
 
-    ``/data/upload/...`` and ``/data/local-files/?d=...`` come from ``label_studio_url`` with the
-    API key (a legacy token is sent as ``Token``; a personal access token is exchanged for a
-    short-lived ``Bearer`` token). Other http(s) hosts must be in ``allowed_hosts`` ("*" for any);
-    a local path must resolve inside one of ``local_roots``. Cloud URIs need Label Studio to
-    resolve them and are refused here with a message saying so.
+    Label Studio's own paths come from ``label_studio_url`` with the API key (either token kind,
+    see ``client.LabelStudioAuth``): uploads ``/data/upload/...``, local files
+    ``/data/local-files/?d=...``, cloud objects resolved per task
+    ``/tasks/{id}/resolve/?fileuri=...`` and ``/storage-data/...``. A redirect Label Studio
+    answers with (a presigned URL on the bucket's host) is followed without the key, because
+    Label Studio chose it; a redirect from any other host is refused. Other http(s) hosts must
+    be in ``allowed_hosts`` ("*" for any). Every host but Label Studio's must resolve to public
+    addresses unless ``allowed_hosts`` names it, so "*" never reaches a cloud metadata service,
+    a loopback or a private address. A local path must resolve inside one of ``local_roots``.
+    Query strings (a presigned URL's signature) never appear in messages.
     """
 
     def __init__(
@@ -92,15 +110,27 @@ class ImageFetcher:
         max_bytes: int = 50 * 1024 * 1024,
         max_pixels: int = MAX_PIXELS,
         timeout: float = 15.0,
+        resolve: Callable[[str], list[str]] | None = None,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
-        self._api_key = api_key
-        self._bearer: str | None = None
+        self._auth = (
+            LabelStudioAuth(self.label_studio_url, api_key)
+            if self.label_studio_url and api_key
+            else None
+        )
         self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
         self.local_roots = tuple(Path(root).resolve() for root in local_roots)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self._resolve = resolve or _addresses
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        self._get = retry(
+            retry=retry_if_exception_type(_Transient),
+            stop=stop_after_attempt(_RETRY_ATTEMPTS),
+            wait=wait_exponential(multiplier=_RETRY_BACKOFF, max=30),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )(self._get_once)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageFetcher:
@@ -117,16 +147,17 @@ class ImageFetcher:
     def fetch(self, ref: str) -> tuple[Image.Image, bytes]:
         """The upright image and the raw bytes it was decoded from (for content hashing)."""
         data = self.read_bytes(ref)
-        return decode_image(data, ref, self.max_pixels), data
+        return decode_image(data, self._redact(ref), self.max_pixels), data
 
     def read_bytes(self, ref: str) -> bytes:
         parsed = urlparse(ref)
-        if parsed.scheme in _CLOUD_SCHEMES:
+        if parsed.scheme in CLOUD_SCHEMES:
             raise ImageError(
-                f"{ref}: cloud storage URIs must be resolved by Label Studio; "
-                "import the tasks through a cloud storage connection with presigned URLs"
+                f"{self._redact(ref)}: a cloud storage URI is resolved by Label Studio for its "
+                "task; this item carries no task id to ask with (connect the bucket to the "
+                "project as cloud storage and pre-label its tasks)"
             )
-        if ref.startswith("/data/"):
+        if is_label_studio_path(ref):
             return self._from_label_studio(ref)
         if parsed.scheme in ("http", "https"):
             if self._is_label_studio(parsed):
@@ -134,12 +165,21 @@ class ImageFetcher:
             host = (parsed.hostname or "").lower()
             if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
                 raise ImageError(
-                    f"{ref}: host {host!r} is not allowed; add it to VARCO_ALLOWED_IMAGE_HOSTS"
+                    f"{self._redact(ref)}: host {host!r} is not allowed; add it to "
+                    "VARCO_ALLOWED_IMAGE_HOSTS"
                 )
-            return self._download(ref, {})
+            return self._download(ref)
         if parsed.scheme in ("", "file"):
             return self._from_disk(unquote(parsed.path) if parsed.scheme else ref)
-        raise ImageError(f"{ref}: unsupported image URL scheme {parsed.scheme!r}")
+        raise ImageError(f"{self._redact(ref)}: unsupported image URL scheme {parsed.scheme!r}")
+
+    def _redact(self, url: str) -> str:
+        """The URL without its query string (a presigned URL's signature), unless it is Label
+        Studio's own: its query names a file and says which one failed."""
+        parsed = urlparse(url)
+        if not parsed.query or not parsed.netloc or self._is_label_studio(parsed):
+            return url
+        return parsed._replace(query="...", fragment="").geturl()
 
     def _is_label_studio(self, parsed: ParseResult) -> bool:
         if not self.label_studio_url:
@@ -149,69 +189,86 @@ class ImageFetcher:
 
     def _from_label_studio(self, ref: str) -> bytes:
         if not self.label_studio_url:
-            raise ImageError(f"{ref}: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) to fetch it")
-        url = ref if "://" in ref else self.label_studio_url + ref
-        data = self._download(url, self._auth_headers())
-        if data is _UNAUTHORIZED and self._bearer:  # an expired access token: exchange again
-            self._bearer = None
-            data = self._download(url, self._auth_headers())
-        if data is _UNAUTHORIZED:
-            raise ImageError(f"{ref}: Label Studio refused LABEL_STUDIO_API_KEY (401)")
-        return data
-
-    def _auth_headers(self) -> dict[str, str]:
-        if not self._api_key:
-            return {}
-        if not _looks_like_jwt(self._api_key):
-            return {"Authorization": f"Token {self._api_key}"}
-        if self._bearer is None:
-            response = self._client.post(
-                f"{self.label_studio_url}/api/token/refresh/", json={"refresh": self._api_key}
+            raise ImageError(
+                f"{self._redact(ref)}: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) to fetch it"
             )
-            if response.status_code != 200:
-                status = response.status_code
-                raise ImageError(f"Label Studio refused the personal access token ({status})")
-            self._bearer = response.json()["access"]
-        return {"Authorization": f"Bearer {self._bearer}"}
+        url = ref if "://" in ref else self.label_studio_url + ref
+        answer = self._get(url, self._auth)
+        if isinstance(answer, _Redirect):  # Label Studio chose it: a presigned URL
+            answer = self._download(answer.location, redirected_by_label_studio=True)
+        return answer
 
-    def _download(self, url: str, headers: dict[str, str]) -> bytes:
-        """GET with a size cap; a dropped connection or a 502-504 (a server restarting) is
-        retried with backoff, a slow answer is not (it would only multiply the wait)."""
-        delay = _RETRY_BACKOFF
-        for attempt in range(1, _RETRY_ATTEMPTS + 1):
-            try:
-                return self._get(url, headers)
-            except _Transient as error:
-                if attempt == _RETRY_ATTEMPTS:
-                    raise ImageUnavailable(f"{url}: {error} after {attempt} attempts") from error
-                log.warning("%s: %s; retrying in %.0f s", url, error, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+    def _download(self, url: str, *, redirected_by_label_studio: bool = False) -> bytes:
+        """GET from a host other than Label Studio's: its addresses checked, no key sent, no
+        redirect followed."""
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https"):
+            raise ImageError(f"{self._redact(url)}: Label Studio redirected to a non-http(s) URL")
+        self._check_address(parsed.hostname or "", url)
+        answer = self._get(url, None)
+        if isinstance(answer, _Redirect):
+            origin = "the presigned URL" if redirected_by_label_studio else "the image host"
+            raise ImageError(
+                f"{self._redact(url)}: {origin} redirected to "
+                f"{self._redact(answer.location)}; only Label Studio's redirects are followed"
+            )
+        return answer
 
-    def _get(self, url: str, headers: dict[str, str]) -> bytes:
+    def _check_address(self, host: str, url: str) -> None:
+        """Refuse a host that resolves to a loopback, private, link-local (cloud metadata) or
+        other non-public address, unless VARCO_ALLOWED_IMAGE_HOSTS names it."""
+        if host.lower() in self.allowed_hosts:
+            return
         try:
-            with self._client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 401 and headers:
-                    return _UNAUTHORIZED
+            addresses = self._resolve(host)
+        except OSError as error:
+            raise ImageError(f"{self._redact(url)}: cannot resolve {host!r} ({error})") from None
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not ip.is_global or ip in _METADATA:
+                raise ImageError(
+                    f"{self._redact(url)}: {host!r} resolves to {ip}, a {_kind(ip)} address: "
+                    "refused unless VARCO_ALLOWED_IMAGE_HOSTS names the host"
+                )
+
+    def _get_once(self, url: str, auth: httpx.Auth | None) -> bytes | _Redirect:
+        """One GET with a size cap. A dropped connection or a 502-504 (a server restarting) is
+        raised to be retried; a slow answer is not retried (it would only multiply the wait)."""
+        try:
+            with self._client.stream("GET", url, auth=auth) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    return _Redirect(str(response.url.join(location)))
+                if response.status_code == 401 and auth is not None:
+                    raise ImageError(
+                        f"{self._redact(url)}: Label Studio refused LABEL_STUDIO_API_KEY (401)"
+                    )
                 if response.status_code in (502, 503, 504):
                     raise _Transient(f"HTTP {response.status_code}")
                 if response.status_code != 200:
-                    raise ImageError(f"{url}: HTTP {response.status_code}")
+                    raise ImageError(f"{self._redact(url)}: HTTP {response.status_code}")
                 declared = int(response.headers.get("content-length") or 0)
                 if declared > self.max_bytes:
-                    raise ImageError(f"{url}: {declared:,} bytes is over {self.max_bytes:,}")
+                    raise ImageError(
+                        f"{self._redact(url)}: {declared:,} bytes is over {self.max_bytes:,}"
+                    )
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise ImageError(f"{url}: over {self.max_bytes:,} bytes")
+                        raise ImageError(f"{self._redact(url)}: over {self.max_bytes:,} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
-            raise _Transient(f"cannot connect ({type(error).__name__})") from error
+            raise _Transient(
+                f"{self._redact(url)}: cannot connect ({type(error).__name__})"
+            ) from None
+        except LabelStudioError as error:
+            raise ImageError(f"{self._redact(url)}: {error}") from None
         except httpx.HTTPError as error:
-            raise ImageError(f"{url}: cannot download ({type(error).__name__}: {error})") from error
+            raise ImageError(
+                f"{self._redact(url)}: cannot download ({type(error).__name__})"
+            ) from None
 
     def _from_disk(self, path: str) -> bytes:
         resolved = Path(path).resolve()
@@ -231,18 +288,51 @@ class ImageFetcher:
         self._client.close()
 
 
-_CLOUD_SCHEMES = frozenset({"s3", "gs", "azure-blob", "gcs"})
+CLOUD_SCHEMES = frozenset({"s3", "gs", "gcs", "azure-blob"})
+# Paths Label Studio serves itself: uploads, local files, cloud objects resolved per task or
+# project (presigned redirect or proxied bytes), and its own file storage.
+LABEL_STUDIO_PATHS = ("/data/", "/tasks/", "/projects/", "/storage-data/")
 # 1 + 2 + 4 + 8 + 16 s: rides out a Label Studio restart; a refused connection fails fast.
 _RETRY_ATTEMPTS, _RETRY_BACKOFF = 6, 1.0
+# Cloud metadata services: AWS, GCP, Azure (169.254.169.254) and AWS's IPv6 address.
+_METADATA = frozenset(
+    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+)
+
+
+def is_label_studio_path(ref: str) -> bool:
+    """A path Label Studio serves (relative to LABEL_STUDIO_URL)."""
+    return ref.startswith(LABEL_STUDIO_PATHS)
+
+
+def cloud_reference(ref: str, task_id: int | None) -> str:
+    """A task's image reference as the backend fetches it: a cloud URI (``s3://...``) becomes
+    Label Studio's per-task resolver path, the way Label Studio resolves it for its own editor;
+    anything else is unchanged."""
+    if urlparse(ref).scheme not in CLOUD_SCHEMES or task_id is None:
+        return ref
+    encoded = base64.urlsafe_b64encode(ref.encode()).decode()
+    return f"/tasks/{int(task_id)}/resolve/?fileuri={encoded}"
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    location: str
 
 
 class _Transient(Exception):
     """A failure worth retrying: the server is restarting or the connection dropped."""
 
 
-_UNAUTHORIZED = b"\x00unauthorized"  # a sentinel no real image starts with
+def _addresses(host: str) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
 
 
-def _looks_like_jwt(token: str) -> bool:
-    """Personal access tokens are JWTs (three base64 parts); legacy tokens are hex strings."""
-    return token.count(".") == 2 and token.startswith("eyJ")
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if ip in _METADATA or ip.is_link_local:
+        return "link-local (cloud metadata)"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_private:
+        return "private"
+    return "non-public"
