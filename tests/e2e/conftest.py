@@ -345,9 +345,13 @@ def backend(
 
 @pytest.fixture(scope="module")
 def own_backend(
-    our_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    our_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[BackendServer]:
-    """A backend for one module's tests alone: they may stop and start it."""
-    server = start_backend(our_env, tmp_path_factory.mktemp("own-backend"))
+    """A backend for one module's tests alone: they may stop and start it. The module's
+    ``BACKEND_ENV`` (a dict), if any, is added to its environment."""
+    env = our_env | getattr(request.module, "BACKEND_ENV", {})
+    server = start_backend(env, tmp_path_factory.mktemp("own-backend"))
     yield server
     server.stop()

@@ -30,6 +30,8 @@ from tenacity import (
 from varco_labeler.labelstudio.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO: a presigned URL's signature must never reach a log.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Label Studio's Data Manager caps a page at TASK_API_PAGE_SIZE_MAX (1,000 by default).
 PAGE_SIZE = 100
