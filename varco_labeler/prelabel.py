@@ -24,6 +24,7 @@ from tqdm import tqdm
 from varco_labeler import jobs
 from varco_labeler.feedback.store import FeedbackStore, PredictionRecord
 from varco_labeler.labelstudio import read_label_config
+from varco_labeler.labelstudio.client import sdk_client
 from varco_labeler.policy import Policy, PolicyError, agreed_version
 from varco_labeler.queue import RQDispatcher, batches
 from varco_labeler.settings import Settings
@@ -111,7 +112,7 @@ def prelabel_project(
     if not (settings.label_studio_url and settings.label_studio_api_key):
         raise ValueError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     started = time.monotonic()
-    client = LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key)
+    client = sdk_client(settings.label_studio_url, settings.label_studio_api_key)
     config = read_label_config(client.projects.get(id=project).label_config)
     if extra_params is None:
         extra_params = connected_extra_params(client, project)

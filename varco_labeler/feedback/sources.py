@@ -147,9 +147,9 @@ def examples_from_label_studio(
     *,
     every_version: bool = False,
 ) -> list[Example]:
-    from label_studio_sdk import LabelStudio
+    from varco_labeler.labelstudio.client import sdk_client
 
-    tasks, label_config = snapshot_export(LabelStudio(base_url=url, api_key=api_key), project)
+    tasks, label_config = snapshot_export(sdk_client(url, api_key), project)
     source = f"label-studio:{project}"
     return pair_tasks(tasks, label_config, source, stats, every_version=every_version)
 

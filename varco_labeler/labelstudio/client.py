@@ -1,5 +1,7 @@
 """Label Studio's REST API as the backend reads it: one place for the base URL, the token kinds,
-retries and paging.
+retries and paging. :class:`LabelStudioClient` reads what reconciling needs, :func:`sdk_client`
+makes the SDK's client for the rest (prelabel, pushes, exports), :class:`LabelStudioAuth` signs
+image downloads.
 
 Tokens: a legacy token is sent as ``Token <key>``; a personal access token (a JWT) is exchanged
 at ``/api/token/refresh/`` for a short-lived access token sent as ``Bearer``, exchanged again when
@@ -93,6 +95,27 @@ class LabelStudioAuth(httpx.Auth):
                 "check LABEL_STUDIO_API_KEY"
             )
         self._bearer = response.json()["access"]
+
+
+def sdk_client(
+    url: str,
+    api_key: str,
+    *,
+    timeout: float = 60.0,
+    httpx_client: httpx.Client | None = None,
+    max_retries: int = 2,
+) -> Any:
+    """Label Studio's SDK client (``label_studio_sdk.LabelStudio``) for what it wraps best:
+    projects, tasks, predictions, exports. It handles both token kinds itself."""
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(
+        base_url=url.rstrip("/"),
+        api_key=api_key,
+        timeout=timeout,
+        httpx_client=httpx_client,
+        max_retries=max_retries,
+    )
 
 
 class LabelStudioClient:
