@@ -105,7 +105,7 @@ def create_app(
     app = FastAPI(
         title="varco-labeler ML backend", version=backend.model_version, lifespan=lifespan
     )
-    guard = _basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
+    guard, authorized = _basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, error: BadRequest) -> JSONResponse:
@@ -130,11 +130,16 @@ def create_app(
 
     @app.get("/health")
     @app.get("/")
-    def health() -> dict[str, Any]:
+    def health(full: bool = Depends(authorized)) -> dict[str, Any]:
+        # With basic auth on, a probe without credentials learns only up or degraded and the
+        # model version; problems, counts and queues are for those who may connect.
+        details = backend.health()
+        if not full:
+            return {k: details[k] for k in ("status", "model_version")}
         webhooks = {"pending": feedback.event_states().get(EventState.PENDING, 0)}
         if reconciler is not None and reconciler.last_problem:
             webhooks["problem"] = reconciler.last_problem
-        return backend.health() | {"webhooks": webhooks}
+        return details | {"webhooks": webhooks}
 
     @app.post("/setup", dependencies=[guard])
     def setup(body: SetupRequest) -> dict[str, Any]:
@@ -187,21 +192,23 @@ async def _on(pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) 
 _BASIC = HTTPBasic(auto_error=False)
 
 
-async def _no_auth() -> None:
-    return None
+def _basic_auth(user: str | None, password: str | None) -> tuple[Any, Any]:
+    """Two dependencies: one that refuses a request without the credentials (when basic auth is
+    on), and one that only says whether it has them. Async on purpose: a sync dependency would
+    take a thread of the shared AnyIO pool, and /webhook must not wait for one."""
 
-
-def _basic_auth(user: str | None, password: str | None) -> Any:
-    # Async on purpose: a sync dependency would take a thread of the shared AnyIO pool, and
-    # /webhook must not wait for one.
-    if not user or not password:
-        return Depends(_no_auth)
-
-    async def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)]) -> None:
-        ok = credentials is not None and (
+    async def authorized(
+        credentials: Annotated[HTTPBasicCredentials | None, Depends(_BASIC)],
+    ) -> bool:
+        if not user or not password:
+            return True
+        return credentials is not None and bool(
             secrets.compare_digest(credentials.username.encode(), user.encode())
             & secrets.compare_digest(credentials.password.encode(), password.encode())
         )
+
+    # Defaults, not Annotated: postponed annotations resolve in the module, not in this scope.
+    async def check(ok: bool = Depends(authorized)) -> None:
         if not ok:
             raise HTTPException(
                 status_code=401,
@@ -210,4 +217,4 @@ def _basic_auth(user: str | None, password: str | None) -> Any:
                 headers={"WWW-Authenticate": "Basic"},
             )
 
-    return Depends(check)
+    return Depends(check), authorized
