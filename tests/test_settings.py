@@ -130,9 +130,16 @@ def test_a_model_directory_with_a_bad_profile_file_fails_at_start(tmp_path):
 
 def test_secrets_stay_out_of_the_repr():
     settings = Settings.from_env(
-        {"LABEL_STUDIO_API_KEY": "tok-123", "BASIC_AUTH_USER": "a", "BASIC_AUTH_PASS": "pw-456"}
+        {
+            "LABEL_STUDIO_API_KEY": "tok-123",
+            "BASIC_AUTH_USER": "a",
+            "BASIC_AUTH_PASS": "pw-456",
+            "REDIS_URL": "redis://:redis-pw-789@queue:6379/0",
+        }
     )
-    assert "tok-123" not in repr(settings) and "pw-456" not in repr(settings)
+    shown = repr(settings)
+    assert "tok-123" not in shown and "pw-456" not in shown and "redis-pw-789" not in shown
+    assert "redis://:***@queue:6379/0" in shown  # which Redis, without its password
 
 
 @pytest.mark.parametrize("command", ["serve", "worker"])

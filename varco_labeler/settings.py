@@ -39,8 +39,9 @@ class Settings:
     model_version: str | None = None
     # An OpenAI-compatible server (vLLM) that serves the model; unset: load it with transformers.
     openai_url: str | None = None
-    # Unset: the embedded mode, the engine runs in the backend process.
-    redis_url: str | None = None
+    # Unset: the embedded mode, the engine runs in the backend process. Its password, if any,
+    # stays out of the repr (see __repr__).
+    redis_url: str | None = field(default=None, repr=False)
     queue_name: str = "varco"
     label_studio_url: str | None = None
     label_studio_api_key: str | None = field(default=None, repr=False)
@@ -79,6 +80,11 @@ class Settings:
     # `serve` reconciles the feedback store with Label Studio every this many seconds (what
     # `varco-labeler sync --all` does); 0: never (webhooks only, `sync` by hand).
     sync_interval: float = 0.0
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr]
+        shown.append(f"redis_url={_without_password(self.redis_url)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def version(self) -> str:
@@ -199,6 +205,17 @@ assert set(_NUMBER_RULES) == {
     for f in fields(Settings)
     if isinstance(f.default, int | float) and not isinstance(f.default, bool)
 }, "every number setting needs a rule in _NUMBER_RULES"
+
+
+def _without_password(url: str | None) -> str | None:
+    """A URL with its password hidden: ``redis://:***@host:6379/0``."""
+    if not url:
+        return url
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
 
 
 def _convert(name: str, variable: str, raw: str) -> object:
