@@ -1,4 +1,11 @@
-"""Batching: tiny-model throughput of the transformers engine at batch 1, 4, 8, 16 on CPU.
+"""Batching: throughput of the transformers engine by batch size.
+
+Without ``--model``: the tiny model at batch 1, 4, 8, 16 on CPU. With ``--model DIR`` (a real-size
+random model, ``varco-labeler tiny-model DIR --size 14b --random``, or a real checkpoint): on the
+GPU when there is one, bf16, batch 1, 8, 16, 32 and then a batch too big for the GPU (the engine
+halves it on out-of-memory and keeps the smaller size), photo-sized images, and exactly
+``FORCED_NEW_TOKENS`` new tokens per image (random weights never say when to stop), with the peak
+GPU memory of each batch size. bench/gpu.sh runs it.
 
 On CPU this measures the engine's own work per image (preprocessing, the generate loop, decoding,
 scoring) and how batching amortises it, not a real model's speed (DESIGN.md section 9): on a GPU
@@ -17,6 +24,10 @@ BATCH_SIZES = (1, 4, 8, 16)
 
 
 def run(ctx: Context) -> Report:
+    if ctx.model_path is not None:
+        from bench import batching_gpu
+
+        return batching_gpu.run(ctx)
     import torch
     from transformers.utils import logging as hf_logging
 

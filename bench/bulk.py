@@ -30,9 +30,11 @@ LIMIT_S = 100.0  # Label Studio's ML_TIMEOUT_PREDICT
 CONFIG = label_config("grounding", ["Cat", "Dog"])
 
 
-def _project(ls: LabelStudio, title: str, folder: Path, paths: list[Path]) -> tuple[int, list]:
+def _project(
+    ls: LabelStudio, title: str, folder: Path, paths: list[Path], config: str = CONFIG
+) -> tuple[int, list]:
     client = ls.sdk()
-    project = client.projects.create(title=title, label_config=CONFIG)
+    project = client.projects.create(title=title, label_config=config)
     client.import_storage.local.create(
         project=project.id, path=str(folder), use_blob_urls=True, title="images"
     )

@@ -43,6 +43,7 @@ class Context:
     scale: Scale
     workdir: Path
     tiny_model_path: Path | None = None
+    model_path: Path | None = None  # a real-size model (a GPU run), for batching
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
 
     def pick(self, smoke: T, quick: T, full: T) -> T:

@@ -4,10 +4,11 @@
     .venv/bin/python -m bench --quick              # smaller runs (a few minutes)
     .venv/bin/python -m bench --only overhead,parse --json out.json --markdown out.md
 
-Benchmarks: overhead, batching, bulk, parse, memory (DESIGN.md section 9). Each measures its
+Benchmarks: overhead, batching, bulk, parse, memory (DESIGN.md section 9), and pipeline (a
+simulated GPU: is the GPU kept busy? bench/pipeline.py). Each measures its
 alternatives side by side in one run, so their ratios come from the same conditions. ``bulk``
 starts a real Label Studio 1.23.2 from .ls-venv (scripts/install_label_studio.sh, run here if
-needed). Nothing asserts a timing: the numbers are for reading.
+needed), and so does ``pipeline``. Nothing asserts a timing: the numbers are for reading.
 """
 
 from __future__ import annotations
@@ -56,12 +57,18 @@ def _benchmarks() -> dict[str, Callable[[Context], Report]]:
 
         return memory.run(ctx)
 
+    def pipeline(ctx: Context) -> Report:
+        from bench import pipeline
+
+        return pipeline.run(ctx)
+
     return {
         "overhead": overhead,
         "batching": batching,
         "bulk": bulk,
         "parse": parse,
         "memory": memory,
+        "pipeline": pipeline,
     }
 
 
@@ -80,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--markdown", type=Path, help="also write the tables as markdown here")
     parser.add_argument("--tiny-model", type=Path, help="reuse this tiny model (else built)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="batching: measure this model instead of the tiny one, on the GPU when there is "
+        "one (e.g. `varco-labeler tiny-model DIR --size 14b --random`; see bench/gpu.sh)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     return parser
 
@@ -95,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     scale: Scale = "smoke" if args.smoke else "quick" if args.quick else "full"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="varco-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(scale, workdir, args.tiny_model)
+    ctx = Context(scale, workdir, args.tiny_model, args.model)
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     results = {
         "command": command.strip(),

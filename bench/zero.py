@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis import Redis
 
@@ -48,29 +48,39 @@ class ZeroCostEngine(Engine):
         ]
 
 
-def context(settings: Settings, redis: Redis | None = None) -> jobs.JobContext:
-    """What ``jobs.build_context`` gives a process, with the zero-cost engine as its model."""
+# Builds the engine a process runs from its batch size (VARCO_BATCH_SIZE).
+EngineFactory = Callable[[int], Engine]
+
+
+def zero_cost(batch_size: int) -> Engine:
+    return ZeroCostEngine()
+
+
+def context(
+    settings: Settings, redis: Redis | None = None, engine: EngineFactory = zero_cost
+) -> jobs.JobContext:
+    """What ``jobs.build_context`` gives a process, with ``engine`` as its model."""
     # jobs.build_context would load a real model: assemble the same pieces around ours.
     from varco_labeler.labelstudio.images import ImageFetcher
 
     fetcher = ImageFetcher.from_settings(settings)
     cache = jobs.OutputCache(redis, ttl=settings.cache_ttl)
-    return jobs.JobContext(ZeroCostEngine(), fetcher, cache, settings)
+    return jobs.JobContext(engine(settings.batch_size), fetcher, cache, settings)
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    """As ``varco-worker`` (worker/main.py), with the zero-cost engine."""
+def run_worker(args: argparse.Namespace, engine: EngineFactory = zero_cost) -> int:
+    """As ``varco-worker`` (worker/main.py), with ``engine`` (the zero-cost one by default)."""
     from rq.serializers import JSONSerializer
 
-    from varco_labeler.queue import connect
+    from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
     from worker.heartbeat import HeartbeatWorker
 
     settings = Settings.from_env(redis_url=args.redis_url, queue_name=args.queue)
     logging.basicConfig(level=settings.log_level)
     redis = connect(settings.redis_url or "")
-    jobs.install(context(settings, redis))
+    jobs.install(context(settings, redis, engine))
     worker = HeartbeatWorker(
-        [settings.queue_name],
+        queue_names(settings.queue_name),  # every priority, highest first, as varco-worker
         connection=redis,
         serializer=JSONSerializer,
         name=args.name,
@@ -78,12 +88,17 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_ttl=20,
         log_job_description=False,
     )
-    worker.work(with_scheduler=False, logging_level=settings.log_level)
+    # As varco-worker does: prelabel and the backend take the live workers' model version.
+    redis.hset(WORKER_VERSIONS, worker.name, jobs.engine_version())
+    try:
+        worker.work(with_scheduler=False, logging_level=settings.log_level)
+    finally:
+        redis.hdel(WORKER_VERSIONS, worker.name)
     return 0
 
 
-def run_server(args: argparse.Namespace) -> int:
-    """As ``varco-labeler serve`` in embedded mode (cli._serve), with the zero-cost engine."""
+def run_server(args: argparse.Namespace, engine: EngineFactory = zero_cost) -> int:
+    """As ``varco-labeler serve`` in embedded mode (cli._serve), with ``engine``."""
     import uvicorn
 
     from varco_labeler.backend import Backend
@@ -94,7 +109,7 @@ def run_server(args: argparse.Namespace) -> int:
     settings = Settings.from_env(port=args.port, host="127.0.0.1")
     assert settings.embedded, "bench.zero serve is the embedded mode: unset REDIS_URL"
     logging.basicConfig(level=settings.log_level)
-    jobs.install(context(settings))
+    jobs.install(context(settings, engine=engine))
     dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size)
     feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     app = create_app(Backend(settings, dispatcher, feedback), feedback)
@@ -109,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--redis-url", required=True)
     worker.add_argument("--queue", default=None, help="queue name (env VARCO_QUEUE)")
     worker.add_argument("--name", default=None)
-    worker.set_defaults(handler=run_worker)
+    worker.set_defaults(handler=lambda args: run_worker(args))
     serve = commands.add_parser("serve", help="the embedded backend with the zero-cost engine")
     serve.add_argument("--port", type=int, required=True)
-    serve.set_defaults(handler=run_server)
+    serve.set_defaults(handler=lambda args: run_server(args))
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

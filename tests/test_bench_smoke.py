@@ -97,3 +97,21 @@ def test_bulk_against_real_label_studio(tmp_path: Path, tiny_model_dir: Path) ->
     for result in data["runs"].values():
         assert result["tasks"] == data["tasks"]
         assert positive(result["seconds"], result["tasks_per_s"], result["vs_synchronous_batch_1"])
+
+
+@pytest.mark.timeout(900)
+def test_pipeline_with_a_simulated_gpu(tmp_path: Path) -> None:
+    if os.environ.get("VARCO_SKIP_E2E", "").lower() in ("1", "true", "yes"):
+        pytest.skip("VARCO_SKIP_E2E is set: no real Label Studio")
+    data = run_bench("pipeline", tmp_path)
+    assert positive(data["efficiency"], data["vs_synchronous"], data["label_studio_images_per_s"])
+    assert sorted(data["scaling"], key=int) == ["1", "2", "4"]
+    assert data["scaling"]["1"] == 1.0
+    assert positive(*data["scaling"].values(), *data["predict"]["scaling"].values())
+    assert positive(data["slow_label_studio"]["efficiency"], data["predict"]["efficiency"])
+    assert data["slow_label_studio"]["import_delay_s"] == 0.5
+    assert len(data["runs"]) == 8
+    for result in data["runs"].values():  # each run's predictions all reached Label Studio
+        assert result["tasks"] > 0 and positive(result["seconds"], result["tasks_per_s"])
+    gpu = data["gpu"]
+    assert positive(gpu["engine_images_per_s"], gpu["fixed_s"], gpu["per_image_s"])

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ from rq import get_current_job
 from varco_labeler.engine.base import Engine, Request
 from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
-from varco_labeler.labelstudio.sink import PredictionSink
+from varco_labeler.labelstudio.sink import BackgroundPush, PredictionSink
 from varco_labeler.policy import Policy, PolicyError
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
@@ -124,35 +124,69 @@ def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     be used. Outputs already computed for the same image bytes, prompt and model version come
     from the cache.
     """
+    outputs: list[dict[str, Any] | None] = [None] * len(items)
+    for chunk in predict_stream(items):
+        for index, output in chunk:
+            outputs[index] = output
+    assert all(output is not None for output in outputs)
+    return outputs  # type: ignore[return-value]
+
+
+Chunk = list[tuple[int, dict[str, Any]]]  # (item index, output)
+
+
+def predict_stream(items: Sequence[dict[str, Any]]) -> Iterator[Chunk]:
+    """:func:`predict_batch`'s outputs, a chunk as each GPU batch finishes.
+
+    Every image download starts at once (on the download threads) and the engine runs a batch as
+    soon as its images are in: while batch k is on the GPU, batch k+1's images are fetched and
+    decoded, and the caller converts and pushes batch k-1's outputs. A chunk also carries the
+    cached and failed items met since the previous one.
+    """
     context = _installed()
     engine, cache = context.engine, context.cache
-    outputs: list[dict[str, Any] | None] = [None] * len(items)
+    # The engine's own GPU batch (the transformers engine's may shrink after an out-of-memory);
+    # an engine that batches by itself (vLLM's continuous batching) gets everything at once.
+    batch_size = getattr(engine, "max_batch_size", None) or max(1, len(items))
+    downloads = [context.downloads.submit(_download, item["image"]) for item in items]
+    ready: Chunk = []
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []
-    downloads = context.downloads.map(_download, [item["image"] for item in items])
     for index, (item, download) in enumerate(zip(items, downloads, strict=True)):
+        fetched = download.result()
         head = {"key": item["key"]}
-        if isinstance(download, ImageError):
-            log.warning("task %s: %s", item["key"], download)
-            retryable = isinstance(download, ImageUnavailable)
-            outputs[index] = {**head, "error": str(download), "retryable": retryable}
+        if isinstance(fetched, ImageError):
+            log.warning("task %s: %s", item["key"], fetched)
+            retryable = isinstance(fetched, ImageUnavailable)
+            ready.append((index, {**head, "error": str(fetched), "retryable": retryable}))
             continue
-        image, data = download
+        image, data = fetched
         head.update(width=image.width, height=image.height, model_version=engine.model_version)
         cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
         cached = cache.get(cache_key)
         if cached is not None:
-            outputs[index] = {**head, **cached, "cached": True}
+            ready.append((index, {**head, **cached, "cached": True}))
             continue
         request = Request(image=image, prompt=item["prompt"], task=Task(item["task"]))
         pending.append((index, request, cache_key, head))
-    if pending:
-        results = engine.generate([request for _, request, _, _ in pending])
-        for (index, _, cache_key, head), result in zip(pending, results, strict=True):
-            output = result.to_json()
-            cache.put(cache_key, output)
-            outputs[index] = {**head, **output, "cached": False}
-    assert all(output is not None for output in outputs)
-    return outputs  # type: ignore[return-value]
+        if len(pending) >= batch_size:
+            yield ready + _generate(engine, cache, pending)
+            ready, pending = [], []
+    if ready or pending:
+        yield ready + _generate(engine, cache, pending)
+
+
+def _generate(
+    engine: Engine, cache: OutputCache, pending: Sequence[tuple[int, Request, str, dict[str, Any]]]
+) -> Chunk:
+    if not pending:
+        return []
+    results = engine.generate([request for _, request, _, _ in pending])
+    chunk: Chunk = []
+    for (index, _, cache_key, head), result in zip(pending, results, strict=True):
+        output = result.to_json()
+        cache.put(cache_key, output)
+        chunk.append((index, {**head, **output, "cached": False}))
+    return chunk
 
 
 def _download(ref: str) -> tuple[Image.Image, bytes] | ImageError:
@@ -169,26 +203,34 @@ def prelabel_batch(
     """Predict a batch of a project's tasks and push the predictions to Label Studio in bulk.
 
     ``policy_json`` is the project's :class:`Policy`, resolved once by whoever started the run.
-    Items carry ``task_id``. Safe to run twice (a retry after a killed worker, or a restarted
-    ``prelabel``): tasks that already have a prediction of this model version are not pushed
-    again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id: reason},
-    "records": [PredictionRecord JSON]}``: the caller records them in the feedback store.
+    Items carry ``task_id``. Each GPU batch's predictions are pushed on a background thread while
+    the next batch runs (several batches in one import when Label Studio is slower than the GPU);
+    the job returns once everything is pushed. Safe to run twice (a retry after a killed worker,
+    or a restarted ``prelabel``): tasks that already have a prediction of this model version are
+    not pushed again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id:
+    reason}, "records": [PredictionRecord JSON]}``: the caller records them in the feedback store.
     """
     context = _installed()
     policy = Policy.from_json(policy_json)
-    predictions, failed = convert_batch(policy, items, predict_batch(items))
     job = get_current_job()
     # A queue job run again (its worker died, or it failed) may have pushed before: check for
     # that. Without a queue (embedded) a batch runs once.
     rerun = job is not None and (job.retries_left or 0) < context.settings.job_retries
-    pushes = [{"task": p.record.task_id, **p.prediction} for p in predictions]
-    pushed, present = context.label_studio().push(project, pushes, may_have_landed=rerun)
-    return {
-        "pushed": pushed,
-        "present": present,
-        "failed": failed,
-        "records": [p.record.to_json() for p in predictions],
-    }
+    push = BackgroundPush(context.label_studio(), project, may_have_landed=rerun)
+    records: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    try:
+        for chunk in predict_stream(items):
+            predictions, chunk_failed = convert_batch(
+                policy, [items[index] for index, _ in chunk], [output for _, output in chunk]
+            )
+            failed.update(chunk_failed)
+            push.add([{"task": p.record.task_id, **p.prediction} for p in predictions])
+            records += [p.record.to_json() for p in predictions]
+        pushed, present = push.finish()
+    finally:
+        push.close(drop_waiting=True)  # after an error: wait for a push in flight, no more
+    return {"pushed": pushed, "present": present, "failed": failed, "records": records}
 
 
 @dataclass(frozen=True)

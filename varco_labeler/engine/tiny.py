@@ -268,7 +268,13 @@ def load_tiny_model(path: Path) -> tuple[torch.nn.Module, LlavaOnevisionProcesso
     return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
 
 
-def _processor() -> LlavaOnevisionProcessor:
+def _processor(
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    grid_pinpoints: Sequence[Sequence[int]] = GRID_PINPOINTS,
+) -> LlavaOnevisionProcessor:
+    """The byte-level processor; the image geometry is the tiny model's unless given (a
+    real-size model, engine.random_model, takes the real checkpoint's)."""
     # Every byte is a token and there are no merges: any text round-trips, and the vocabulary stays
     # a few hundred entries. The special tokens are single tokens, as in the real tokenizer.
     byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -286,18 +292,18 @@ def _processor() -> LlavaOnevisionProcessor:
         padding_side="left",
         chat_template=CHAT_TEMPLATE,
     )
+    pinpoints = [list(pinpoint) for pinpoint in grid_pinpoints]
     image_processor = LlavaOnevisionImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_grid_pinpoints=GRID_PINPOINTS,
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
     )
     return LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         # Unused, but the processor requires one; sized like the images for consistency.
         video_processor=LlavaOnevisionVideoProcessor(
-            size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+            size={"height": image_size, "width": image_size}
         ),
-        num_image_tokens=(IMAGE_SIZE // PATCH_SIZE) ** 2,
+        num_image_tokens=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="full",
         chat_template=CHAT_TEMPLATE,
     )

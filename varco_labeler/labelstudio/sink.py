@@ -5,11 +5,16 @@ with exponential backoff. Whenever an earlier push may have landed (a second att
 again after its worker died), the tasks that already hold a prediction of the same model version
 are left out first, so nothing is pushed twice. A first push skips that check: it costs one
 request per task, more than the model itself on small checkpoints.
+
+:class:`BackgroundPush` pushes from a thread while the caller runs the next GPU batch; what
+queues up while a push is in flight goes in the next import, so a slow Label Studio gets fewer,
+larger imports instead of stalling the GPU.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -78,3 +83,73 @@ class PredictionSink:
             if any(p.model_version == prediction["model_version"] for p in existing):
                 present.add(prediction["task"])
         return present
+
+
+class BackgroundPush:
+    """One job's pushes into one project, made on a background thread, in order.
+
+    :meth:`add` returns at once; :meth:`finish` waits for everything added and returns what
+    :meth:`PredictionSink.push` would have for all of it, or raises its :class:`PushFailed`.
+    After a failed push the rest is not pushed: the job fails and its retry checks what landed.
+    """
+
+    def __init__(self, sink: PredictionSink, project: int, *, may_have_landed: bool = True) -> None:
+        self.sink, self.project, self.may_have_landed = sink, project, may_have_landed
+        self.pushed: list[int] = []
+        self.present: list[int] = []
+        self._waiting: list[dict[str, Any]] = []
+        self._closed = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="push", daemon=True)
+        self._thread.start()
+
+    def add(self, predictions: Sequence[dict[str, Any]]) -> None:
+        if not predictions:
+            return
+        with self._changed:
+            if self._error is not None:
+                return  # a push failed: finish() raises that, nothing more goes out
+            if self._closed:
+                raise RuntimeError("push already finished")
+            self._waiting.extend(predictions)
+            self._changed.notify()
+
+    def finish(self) -> tuple[list[int], list[int]]:
+        """Wait for every prediction added to be pushed; (pushed now, already present)."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return self.pushed, sorted(self.present)
+
+    def close(self, *, drop_waiting: bool = False) -> None:
+        """Stop taking predictions and wait for the thread; ``drop_waiting`` gives up what is
+        not yet in flight (the job failed), though a push in flight is always waited for, so a
+        retry of the job never races it into duplicates."""
+        with self._changed:
+            self._closed = True
+            if drop_waiting:
+                self._waiting.clear()
+            self._changed.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._waiting and not self._closed:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+            try:
+                pushed, present = self.sink.push(
+                    self.project, batch, may_have_landed=self.may_have_landed
+                )
+            except BaseException as error:  # handed to finish(); nothing more is pushed
+                with self._changed:
+                    self._error = error
+                    self._waiting.clear()
+                    self._closed = True
+                return
+            self.pushed += pushed
+            self.present += present
