@@ -246,8 +246,9 @@ def convert_batch(
 ) -> tuple[list[Converted], dict[str, str]]:
     """Outputs of :func:`predict_batch` as predictions under a policy; failures by task.
 
-    Raises when images were unreachable (a Label Studio restart?), so that a queue job is run
-    again later rather than its tasks reported as failed for good.
+    Raises when Label Studio could not be reached for images (a restart?), so that a queue job
+    is run again later rather than its tasks reported as failed for good; any other image that
+    cannot be had fails its own task.
     """
     unreachable = [output["error"] for output in outputs if output.get("retryable")]
     if unreachable:

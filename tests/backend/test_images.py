@@ -7,9 +7,14 @@ import re
 
 import pytest
 from PIL import Image
-from processes import PERSONAL_TOKEN, TOKEN
+from processes import PERSONAL_TOKEN, TOKEN, free_port
 
-from varco_labeler.labelstudio.images import ImageError, ImageFetcher, cloud_reference
+from varco_labeler.labelstudio.images import (
+    ImageError,
+    ImageFetcher,
+    ImageUnavailable,
+    cloud_reference,
+)
 
 
 @pytest.fixture
@@ -151,3 +156,20 @@ def test_a_redirect_from_another_host_is_refused(image_host):
     with pytest.raises(ImageError, match="only Label Studio's redirects are followed") as refused:
         fetcher.fetch(f"{image_host.url}/elsewhere/cat.png")
     assert "SECRET" not in str(refused.value)
+
+
+def test_an_unreachable_host_fails_its_image_and_label_studio_down_is_worth_a_retry(
+    image_host, monkeypatch
+):
+    import varco_labeler.labelstudio.images as images
+
+    monkeypatch.setattr(images, "_RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(images, "_RETRY_BACKOFF", 0.01)
+    dead = f"http://127.0.0.1:{free_port()}"
+    fetcher = ImageFetcher(dead, TOKEN, allowed_hosts=("127.0.0.1",))
+    with pytest.raises(ImageUnavailable, match="cannot connect"):
+        fetcher.fetch("/data/upload/1/x.png")  # Label Studio itself: run the job again later
+    other = ImageFetcher(allowed_hosts=("localhost",))
+    with pytest.raises(ImageError, match="cannot connect") as failed:
+        other.fetch(f"http://localhost:{free_port()}/x.png")  # another host: this task fails
+    assert not isinstance(failed.value, ImageUnavailable)

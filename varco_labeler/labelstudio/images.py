@@ -41,7 +41,8 @@ class ImageError(ValueError):
 
 
 class ImageUnavailable(ImageError):
-    """The image's server could not be reached even after retries: worth trying again later."""
+    """Label Studio could not be reached even after retries (a restart?): worth running the
+    job again later. Another host that cannot be reached fails its task alone (ImageError)."""
 
 
 def open_image(
@@ -193,7 +194,10 @@ class ImageFetcher:
                 f"{self._redact(ref)}: set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) to fetch it"
             )
         url = ref if "://" in ref else self.label_studio_url + ref
-        answer = self._get(url, self._auth)
+        try:
+            answer = self._get(url, self._auth)
+        except _Transient as error:  # Label Studio restarting: the job is worth running again
+            raise ImageUnavailable(f"{error} after {_RETRY_ATTEMPTS} attempts") from None
         if isinstance(answer, _Redirect):  # Label Studio chose it: a presigned URL
             answer = self._download(answer.location, redirected_by_label_studio=True)
         return answer
@@ -205,7 +209,10 @@ class ImageFetcher:
         if parsed.scheme not in ("http", "https"):
             raise ImageError(f"{self._redact(url)}: Label Studio redirected to a non-http(s) URL")
         self._check_address(parsed.hostname or "", url)
-        answer = self._get(url, None)
+        try:
+            answer = self._get(url, None)
+        except _Transient as error:  # another host down: this task fails, not its whole job
+            raise ImageError(f"{error} after {_RETRY_ATTEMPTS} attempts") from None
         if isinstance(answer, _Redirect):
             origin = "the presigned URL" if redirected_by_label_studio else "the image host"
             raise ImageError(
