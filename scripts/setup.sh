@@ -41,6 +41,12 @@ fi
 if [ "${VARCO_SKIP_E2E:-0}" != 1 ]; then
   say "Label Studio 1.23.2 for the end-to-end tests (.ls-venv)"
   bash scripts/install_label_studio.sh >/dev/null
+  # A real browser for the editor test (tests/e2e/test_e2e_editor.py): Debian's chromium, driven
+  # by Playwright's Python package (dev extra) with executable_path; no browser download.
+  if ! command -v chromium >/dev/null; then
+    say "installing chromium with apt (for the browser test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 
 # A Redis server for the queue: use the one at REDIS_URL, or start a local one.

@@ -30,9 +30,11 @@ class ScriptedDispatcher:
     def __init__(self, raw: str | None, scores: list[float] | None = None) -> None:
         self.raw, self.scores = raw, scores
         self.items: list[dict] = []
+        self.priorities: list = []
 
-    def run(self, items, deadline):
+    def run(self, items, deadline, priority=None):
         self.items.extend(items)
+        self.priorities.append(priority)
         if self.raw is None:
             return [None for _ in items]
         return [

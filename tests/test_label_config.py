@@ -90,7 +90,7 @@ def test_cats_config_is_grounding():
     [
         ("grounding", Task.GROUNDING, None),
         ("ocr", Task.OCR, "transcription"),
-        ("referring", Task.OCR, "answer"),
+        ("referring", Task.GROUNDING, "answer"),
     ],
 )
 def test_printed_label_configs_are_what_the_backend_reads(kind, task, text_control):
@@ -114,6 +114,7 @@ def test_printed_label_configs_are_what_the_backend_reads(kind, task, text_contr
     assert config.labels == ("Cat", 'Dog "big"')
     assert (config.default_task, config.text_control) == (task, text_control)
     assert config.prompt_control == "prompt"
+    assert config.referring is (kind == "referring")
 
 
 BILLION_LAUGHS = (

@@ -5,6 +5,11 @@ For each task: choose the work (grounding or OCR from the label config, unless t
 drew; grounding of a phrase the user typed), send it through the dispatcher, and turn each output
 into a Label Studio prediction. A task that did not finish in time gets ``[]``, which Label Studio
 skips without storing anything, so a later request predicts it.
+
+Interactive work (a region drawn, a phrase typed in the editor) goes on the high-priority queue,
+other /predict work (a task opened, "Retrieve predictions") on the normal one. A referring
+project (its per-region TextArea is named "answer") is not pre-labelled when a task opens unless
+the project's ``extra_params`` or VARCO_TASK ask for a task.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,13 +32,18 @@ from varco_labeler.labelstudio import (
     prediction_from_regions,
     read_label_config,
 )
+from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.policy import PHRASE_PROMPT, Policy, PolicyError, parse_extra_params
-from varco_labeler.queue import Dispatcher
+from varco_labeler.queue import Dispatcher, Priority
 from varco_labeler.regions import Region
 from varco_labeler.settings import Settings
-from varco_labeler.varco import Task, clean_model_text
+from varco_labeler.varco import Task
+from varco_labeler.varco.prompts import answer_text
 
 log = logging.getLogger(__name__)
+
+# Tasks whose drawn regions are remembered as answered, to tell a new region from them.
+ANSWERED_MEMORY = 10_000
 
 
 class BadRequest(ValueError):
@@ -61,11 +71,14 @@ class Backend:
         self.dispatcher = dispatcher
         self.feedback = feedback
         self._extra_params: dict[str, dict[str, Any]] = {}
+        self._served: dict[str, str | None] = {}  # project -> label config registered
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.last_problem: str | None = None
         self.started = time.time()
         self.pending_tasks = 0
+        # (project, task id) -> ids of the drawn regions answered, most recent task last.
+        self._answered: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
 
     @contextmanager
     def admission(self, tasks: int) -> Iterator[None]:
@@ -100,7 +113,17 @@ class Backend:
             raise BadRequest(str(error)) from error
         with self._lock:
             self._extra_params[_project_id(project)] = extra
+        self._register(_project_id(project), schema)
         return {"model_version": self.model_version}
+
+    def _register(self, project: str, schema: str | None) -> None:
+        """Note in the feedback store that this backend serves the project: only such a
+        project's annotations are read back from its webhooks. Label Studio calls /setup before
+        every batch, so the store is written only when the project or its config is new."""
+        if self.feedback is None or not project.isdigit() or self._served.get(project) == schema:
+            return
+        self.feedback.register_project(int(project), label_config=schema)
+        self._served[project] = schema
 
     def versions(self) -> dict[str, Any]:
         return {"versions": [self.model_version]}
@@ -125,7 +148,10 @@ class Backend:
         policy = self.policy(project, label_config)
         works, results = self._plan(tasks, policy, _project_id(project), context)
         wait = self.settings.predict_deadline if deadline is None else deadline
-        outputs = self.dispatcher.run([w.item for w in works], wait)
+        # Someone waits in the editor for the answer about what they drew: it goes first.
+        interactive = bool((context or {}).get("result"))
+        priority = Priority.HIGH if interactive else Priority.NORMAL
+        outputs = self.dispatcher.run([w.item for w in works], wait, priority) if works else []
         converted: list[Converted] = []
         for work, output in zip(works, outputs, strict=True):
             results[work.task_index] = self._prediction(work, output, policy, converted)
@@ -163,13 +189,14 @@ class Backend:
         context: dict[str, Any] | None,
     ) -> tuple[list[_Work], list[Any]]:
         assert policy.config is not None
-        drawn = _drawn_regions(context, policy.config)
         results: list[Any] = [[] for _ in tasks]
         works: list[_Work] = []
         for index, task in enumerate(tasks):
+            drawn = self._drawn(context, policy.config, project, task)
             key = f"{index}:{task.get('id')}"
             data = task.get("data") or {}
-            record = {"task_id": task.get("id"), "project": int(project) if project else None}
+            number = int(project) if project.isdigit() else None  # Label Studio's are numbers
+            record = {"task_id": task.get("id"), "project": number}
             try:
                 if drawn.rectangle is not None:
                     box = box_from_rectangle(
@@ -184,11 +211,42 @@ class Backend:
                     prompt = PHRASE_PROMPT.format(phrase=drawn.phrase)
                     item = policy.item(key, data, task=Task.GROUNDING.value, prompt=prompt)
                     works.append(_Work(index, item | record))
+                elif policy.config.referring and not self._bulk_asked(project):
+                    # A referring project: opening a task asks nothing; drawn regions do.
+                    self._count("not_prelabelled")
                 else:
                     works.append(_Work(index, policy.item(key, data, **record)))
             except PolicyError as error:
                 self._problem(f"task {task.get('id')}: {error}")
         return works, results
+
+    def _bulk_asked(self, project: str) -> bool:
+        """Whether the project (extra_params) or the backend (VARCO_TASK) names a task."""
+        extra = self._extra_params.get(project) or {}
+        return bool(extra.get("task") or self.settings.default_task)
+
+    def _drawn(
+        self,
+        context: dict[str, Any] | None,
+        config: LabelConfig,
+        project: str,
+        task: Mapping[str, Any],
+    ) -> _Drawn:
+        """What the user just drew or typed in ``task``; the region is remembered as answered,
+        so that the next call, which may list it again, tells the next new region from it."""
+        if not context:
+            return _Drawn()
+        key = (project, str(task.get("id")))
+        with self._lock:
+            answered = set(self._answered.get(key, ()))
+        drawn = drawn_regions(context, config, task, answered)
+        if drawn.rectangle is not None and drawn.rectangle.get("id") is not None:
+            with self._lock:
+                self._answered.setdefault(key, set()).add(str(drawn.rectangle["id"]))
+                self._answered.move_to_end(key)
+                while len(self._answered) > ANSWERED_MEMORY:
+                    self._answered.popitem(last=False)
+        return drawn
 
     def _prediction(
         self,
@@ -206,12 +264,18 @@ class Backend:
         assert policy.config is not None
         try:
             if work.drawn is not None:
+                # Not recorded in the feedback store: one region's answer would pass for the
+                # task's pre-label when its annotation is paired; the annotation is recorded.
                 width, height = output["width"], output["height"]
                 labels = work.item.get("labels", policy.config.labels)
-                region = _answer_region(work.drawn, output["raw"], policy, labels)
+                region, note = answer_region(work.drawn, output["raw"], policy.config, labels)
+                log.debug("asked %r about region %s: %r", work.item["prompt"], region.id, region)
                 prediction = prediction_from_regions(
                     [region], policy.config, width, height, output["model_version"]
                 )
+                if note:  # the editor shows a region's meta text: say why nothing changed
+                    for item in prediction["result"]:
+                        item["meta"] = {"text": [note]}
             else:
                 done = convert_one(policy, work.item, output)
                 converted.append(done)
@@ -247,38 +311,87 @@ class _Drawn:
     phrase: str | None = None
 
 
-def _drawn_regions(context: dict[str, Any] | None, config: LabelConfig) -> _Drawn:
-    """What the user just drew or typed, from ``params.context.result`` of an interactive call."""
+_BOX_TYPES = ("rectanglelabels", "rectangle")
+_GEOMETRY = {"x", "y", "width", "height"}
+
+
+def drawn_regions(
+    context: Mapping[str, Any] | None,
+    config: LabelConfig,
+    task: Mapping[str, Any] | None = None,
+    answered: set[str] | frozenset[str] = frozenset(),
+) -> _Drawn:
+    """What the user just drew or typed, from ``params.context.result`` of an interactive call.
+
+    Label Studio may list every region of the task there, in any order. The drawn one is the
+    rectangle that is not saved in the task (its annotations, drafts or predictions) and was not
+    answered before (``answered``: region ids); when several are left, the last listed.
+    """
     drawn = _Drawn()
+    rectangles: list[dict[str, Any]] = []
     for result in (context or {}).get("result") or []:
         if not isinstance(result, dict) or not isinstance(result.get("value"), dict):
             continue
         kind, value = result.get("type"), result["value"]
-        if kind in ("rectanglelabels", "rectangle") and {"x", "y", "width", "height"} <= set(value):
-            drawn.rectangle = result
+        if kind in _BOX_TYPES and set(value) >= _GEOMETRY:
+            rectangles.append(result)
         elif kind == "textarea" and result.get("from_name") == config.prompt_control:
             text = " ".join(str(t) for t in value.get("text") or []).strip()
             drawn.phrase = text or None
+    saved = _saved_region_ids(task or {})
+    log.debug(
+        "interactive call: rectangles %s, saved %s, answered %s, phrase %r",
+        [r.get("id") for r in rectangles],
+        sorted(saved),
+        sorted(answered),
+        drawn.phrase,
+    )
+    new = [r for r in rectangles if str(r.get("id")) not in saved]
+    unanswered = [r for r in new if str(r.get("id")) not in answered]
+    candidates = unanswered or new or rectangles
+    if len(candidates) > 1:
+        log.info("%d new regions in an interactive call: asking about the last", len(candidates))
+    drawn.rectangle = candidates[-1] if candidates else None
     return drawn
 
 
-def _answer_region(
-    drawn: dict[str, Any], answer: str, policy: Policy, labels: tuple[str, ...]
-) -> Region:
-    """The drawn region itself (same id) with the model's answer.
+def _saved_region_ids(task: Mapping[str, Any]) -> set[str]:
+    """Ids of the regions the task already holds: in its annotations, drafts and predictions."""
+    ids: set[str] = set()
+    for key in ("annotations", "drafts", "predictions"):
+        for saved in task.get(key) or []:
+            if not isinstance(saved, Mapping):
+                continue
+            for result in saved.get("result") or []:
+                if isinstance(result, Mapping) and result.get("id") is not None:
+                    ids.add(str(result["id"]))
+    return ids
 
-    With a per-region TextArea the answer becomes the region's text; without one, the answer
-    ("a small grey cat") picks the region's label when it names one.
+
+def answer_region(
+    drawn: Mapping[str, Any], raw: str, config: LabelConfig, labels: tuple[str, ...]
+) -> tuple[Region, str | None]:
+    """The drawn region itself (same id, the label the user chose) with the model's answer as
+    clean text, and a note for the editor when the answer changed nothing visible.
+
+    With a per-region TextArea the answer becomes the region's text. Without one, an answer that
+    names a label ("a small grey cat") gives the region that label; one that names none leaves
+    the user's label and comes back as the note. A fallback label never replaces a chosen one.
     """
-    assert policy.config is not None
     value = drawn["value"]
     chosen = value.get("rectanglelabels") or value.get("labels") or []
-    label = chosen[0] if chosen else None
+    label = str(chosen[0]) if chosen else None
     box = box_from_rectangle(value, drawn.get("original_width"), drawn.get("original_height"))
-    text = clean_model_text(answer).strip()
-    if policy.config.text_control:
-        return Region(box=box, label=label, text=text, id=drawn.get("id"))
-    return Region(box=box, label=policy.mapper(labels).label_for(text) or label, id=drawn.get("id"))
+    text = answer_text(raw)
+    region_id = drawn.get("id")
+    if not text:
+        return Region(box=box, label=label, id=region_id), "VARCO-VISION gave no answer"
+    if config.text_control:
+        return Region(box=box, label=label, text=text, id=region_id), None
+    named = LabelMapper(labels, config.aliases).label_for(text)
+    if named is not None:
+        return Region(box=box, label=named, id=region_id), None
+    return Region(box=box, label=label, id=region_id), f"VARCO-VISION: {text} (names no label)"
 
 
 def _project_id(project: str | int | None) -> str:

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from varco_labeler import jobs
-from varco_labeler.queue import WORKER_VERSIONS, connect
+from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
 from varco_labeler.settings import Settings, SettingsError
 from worker.heartbeat import HeartbeatWorker
 
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"),
     )
     jobs.install(jobs.build_context(settings, redis))
+    # Interactive work first, then /predict batches, then prelabel runs (RQ takes them in order).
+    queues = queue_names(settings.queue_name)
     worker = HeartbeatWorker(
-        [settings.queue_name],
+        queues,
         connection=redis,
         serializer=JSONSerializer,
         name=args.name,
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     version = jobs.engine_version()
     # prelabel and the backend ask which version the live workers run (see queue.model_versions).
     redis.hset(WORKER_VERSIONS, worker.name, version)
-    log.info("ready: queue %r, model version %s", settings.queue_name, version)
+    log.info("ready: queues %s, model version %s", ", ".join(queues), version)
     try:
         # SIGTERM: RQ finishes the running job, then exits (warm shutdown).
         worker.work(with_scheduler=False, logging_level=settings.log_level, burst=args.burst)

@@ -16,6 +16,9 @@ from varco_labeler.varco import Task
 
 _DATA_VARIABLE = re.compile(r"^\$([A-Za-z_][\w.-]*)$")
 _BOX_TAGS = ("RectangleLabels", "Rectangle")
+# A per-region TextArea of this name holds answers about drawn regions: a referring project
+# (``varco-labeler label-config referring``), which is not pre-labelled when a task opens.
+REFERRING_TEXT_NAME = "answer"
 
 
 class LabelConfigError(ValueError):
@@ -30,6 +33,8 @@ class LabelConfig:
     ``labels_control`` (a Labels tag). ``text_control`` is a per-region TextArea (OCR text,
     answers);
     ``prompt_control`` a TextArea that is not per-region, where a user types a phrase to ground.
+    ``referring``: the per-region TextArea is named "answer": regions are drawn to be asked
+    about, nothing is pre-labelled unless the project asks for it.
     """
 
     image: str
@@ -44,11 +49,13 @@ class LabelConfig:
     # The task field that holds the labels when the control has none of its own
     # (``<RectangleLabels value="$labels"/>``: Label Studio's dynamic labels).
     labels_data_key: str | None = None
+    referring: bool = False
 
     @property
     def default_task(self) -> Task:
-        """OCR when regions carry text, grounding otherwise."""
-        return Task.OCR if self.text_control else Task.GROUNDING
+        """OCR when regions carry text, grounding otherwise (and for a referring project, whose
+        drawn regions are asked a referring question, "Describe {region} in detail.")."""
+        return Task.OCR if self.text_control and not self.referring else Task.GROUNDING
 
     @property
     def labels_type(self) -> str | None:
@@ -133,6 +140,7 @@ def read_label_config(xml: str) -> LabelConfig:
         text_control=per_region[0].name if per_region else None,
         prompt_control=prompt_areas[0].name if prompt_areas else None,
         labels_data_key=labels_data_key,
+        referring=bool(per_region) and per_region[0].name == REFERRING_TEXT_NAME,
     )
 
 

@@ -1,7 +1,8 @@
-"""Task prompts in the form VARCO-VISION was trained on."""
+"""Task prompts in the form VARCO-VISION was trained on, and answers as people read them."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from varco_labeler.varco.boxes import Box
@@ -66,3 +67,22 @@ def prompt_for(task: Task | str, question: str | None = None, box: Box | None = 
             raise ValueError("a referring prompt needs a region")
         return referring_prompt(box, question or DEFAULT_REFERRING_QUESTION)
     return question_prompt(question or "")
+
+
+# A box with its coordinates (closed, or cut off by the token limit), then any other tag left.
+_BOX_TEXT = re.compile(r"<bbox>.*?(?:</bbox>|$)", re.DOTALL)
+_ANY_TAG = re.compile(r"</?(?:obj|char|bbox|ref|gro|ocr)>|<delim>|<\|[a-z_]+\|>|<pad>")
+_END_OF_TURN = re.compile(r"<\|im_end\|>|<\|endoftext\|>|</s>")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,;:!?])")
+
+
+def answer_text(raw: str) -> str:
+    """A model answer as a person reads it: tags and coordinates removed, phrases kept.
+
+    ``A <obj>red square</obj><bbox>0.25, 0.25, 0.75, 0.75</bbox>.`` -> ``A red square.``
+    """
+    end = _END_OF_TURN.search(raw)
+    text = raw[: end.start()] if end else raw
+    text = _ANY_TAG.sub(" ", _BOX_TEXT.sub(" ", text))
+    text = " ".join(text.split())
+    return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
