@@ -205,12 +205,15 @@ class Backend:
                         drawn.rectangle.get("original_height"),
                     )
                     prompt = policy.referring_prompt(box)
-                    item = policy.item(key, data, task=Task.REFERRING.value, prompt=prompt)
+                    item = policy.item(
+                        key, data, task=Task.REFERRING.value, prompt=prompt, task_id=task.get("id")
+                    )
                     works.append(_Work(index, item, drawn.rectangle))
                 elif drawn.phrase is not None:
                     prompt = PHRASE_PROMPT.format(phrase=drawn.phrase)
-                    item = policy.item(key, data, task=Task.GROUNDING.value, prompt=prompt)
-                    works.append(_Work(index, item | record))
+                    grounding = Task.GROUNDING.value
+                    item = policy.item(key, data, task=grounding, prompt=prompt, **record)
+                    works.append(_Work(index, item))
                 elif policy.config.referring and not self._bulk_asked(project):
                     # A referring project: opening a task asks nothing; drawn regions do.
                     self._count("not_prelabelled")
