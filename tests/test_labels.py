@@ -68,3 +68,39 @@ def test_ocr_regions_take_the_text_label():
 def test_config_without_labels_keeps_regions_unlabelled():
     regions = [Region(Box(0, 0, 1, 1), phrase="anything")]
     assert LabelMapper([]).assign(regions, "grounding") == (regions, [])
+
+
+@pytest.mark.parametrize(
+    ("phrase", "words"),
+    [
+        # COCO classes and other plurals a suffix rule gets wrong.
+        ("two buses", ("bus",)),
+        ("a bus", ("bus",)),  # not "bu"
+        ("knives", ("knife",)),
+        ("three people", ("person",)),
+        ("lenses", ("lens",)),
+        ("a lens", ("lens",)),  # not "len"
+        ("mice", ("mouse",)),
+        ("children", ("child",)),
+        ("sheep", ("sheep",)),
+    ],
+)
+def test_english_plurals_from_a_dictionary(phrase, words):
+    assert normalise(phrase) == words
+
+
+@pytest.mark.parametrize(
+    ("phrase", "label"),
+    [
+        ("고양이가", "고양이"),  # subject particle
+        ("고양이들은", "고양이"),  # plural suffix and topic particle
+        ("빨간 자동차를", "자동차"),  # object particle, head noun
+        ("신호등이 켜져 있다", "신호등"),
+        ("three people", "Person"),
+        ("two buses", "Bus"),
+        ("knives", "Knife"),
+    ],
+)
+def test_korean_particles_and_english_plurals_map_to_labels(phrase, label):
+    mapper = LabelMapper(["고양이", "자동차", "신호등", "Person", "Bus", "Knife"])
+    assert mapper.label_for(phrase) == label

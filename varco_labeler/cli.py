@@ -107,6 +107,8 @@ def _settings(**flags: object) -> Settings:
 def _tiny_model(args: argparse.Namespace) -> int:
     from varco_labeler.engine.tiny import TEACHING, build_tiny_model, read_lessons
 
+    if args.size != "tiny" or args.random or args.image_size:
+        return _random_model(args)
     if args.steps is not None and args.steps < 0:
         print("error: --steps must be 0 or more", file=sys.stderr)
         return 2
@@ -128,6 +130,26 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _random_model(args: argparse.Namespace) -> int:
+    if args.size == "tiny" or not args.random:
+        message = "error: --size 14b|1.7b goes with --random (and --image-size with both)"
+        print(message, file=sys.stderr)
+        return 2
+    if args.lessons or args.steps is not None:
+        print("error: a --random model is not taught: drop --lessons and --steps", file=sys.stderr)
+        return 2
+    from varco_labeler.engine.random_model import build_random_model
+
+    print(f"building a random {args.size} model (minutes, and its size in RAM)", file=sys.stderr)
+    try:
+        path = build_random_model(Path(args.dir), args.size, image_size=args.image_size)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"random {args.size} model written to {path}", file=sys.stderr)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from varco_labeler.feedback.commands import run_export
     from varco_labeler.feedback.sources import SourceError
@@ -142,6 +164,7 @@ def _export(args: argparse.Namespace) -> int:
             project=args.project,
             val_fraction=args.val_fraction,
             seed=args.seed,
+            only=_annotation_filter(args),
         )
     except (SourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -163,6 +186,7 @@ def _report(args: argparse.Namespace) -> int:
             label_config=Path(args.label_config) if args.label_config else None,
             project=args.project,
             worst=args.worst,
+            only=_annotation_filter(args),
         )
     except (SourceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -198,12 +222,72 @@ def _train(args: argparse.Namespace) -> int:
             save_steps=args.save_steps,
             seed=args.seed,
             model_version=args.model_version,
+            load_in_4bit=args.load_in_4bit,
+            attn_implementation=args.attn_implementation,
+            evaluate=args.evaluate,
+            eval_batch_size=args.eval_batch_size,
         )
     except TrainError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, the main process speaks
+        print(json.dumps(summary, indent=1, ensure_ascii=False))
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from varco_labeler.feedback.evaluate import EvaluateError, evaluate
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = {"openai_url": args.openai_url, "profile": args.profile}
+    _settings(model=args.model, **settings)  # a wrong setting ends here (status 2)
+    options = {} if args.openai_url else _load_options(args)
+    try:
+        result = evaluate(
+            args.model,
+            Path(args.dataset),
+            args.split,
+            batch_size=args.batch_size,
+            engine_options=options,
+            settings_overrides=settings,
+        )
+    except (EvaluateError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = json.dumps(result, indent=1, ensure_ascii=False)
+    if args.json:
+        Path(args.json).write_text(text, encoding="utf-8")
+    micro, found = result["micro"] or {}, result["map"] or {}
+    print(
+        f"{result['model_version']} on {result['examples']} {args.split} example(s): "
+        f"P {micro.get('precision', 0):.3f} R {micro.get('recall', 0):.3f} "
+        f"F1 {micro.get('f1', 0):.3f} (IoU 0.5), mAP@[.5:.95] {found.get('map') or 0:.3f}"
+        + (f", OCR CER {result['ocr']['cer']:.3f}" if (result["ocr"] or {}).get("cer") else "")
+    )
+    return 0
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, object]:
+    """How the model is loaded, as for predict and the worker."""
+    return {
+        "device": args.device,
+        "dtype": args.dtype,
+        "attn_implementation": args.attn_implementation,
+        "load_in_4bit": args.load_in_4bit,
+        "load_in_8bit": args.load_in_8bit,
+    }
+
+
+def _annotation_filter(args: argparse.Namespace) -> object:
+    from varco_labeler.feedback.annotations import AnnotationFilter, parse_since
+
+    names = frozenset(n.strip() for n in (args.annotator or "").split(",") if n.strip())
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError:
+        print(f"error: --since {args.since!r}: not an ISO date or time", file=sys.stderr)
+        raise SystemExit(2) from None
+    return AnnotationFilter(names, since, args.reviewed_only)
 
 
 def _label_config(args: argparse.Namespace) -> int:
@@ -232,6 +316,24 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--label-config", metavar="FILE", help="the project's label config, for an export file"
     )
     parser.add_argument("--project", type=int, help="Label Studio project id")
+
+
+def _add_annotation_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--annotator",
+        metavar="ID_OR_EMAIL,...",
+        help="only annotations by these annotators (Label Studio user ids or e-mails)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only annotations made or updated at or after this ISO date/time (UTC if no zone)",
+    )
+    parser.add_argument(
+        "--reviewed-only",
+        action="store_true",
+        help="only reviewed annotations: marked ground truth, or accepted in a review",
+    )
 
 
 def _add_extra_params_argument(parser: argparse.ArgumentParser, default: str = "none") -> None:
@@ -299,6 +401,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from varco_labeler.backend import Backend
     from varco_labeler.feedback.store import FeedbackStore
+    from varco_labeler.labelstudio.labels import warm_up
     from varco_labeler.queue import InlineDispatcher, RQDispatcher
     from varco_labeler.server import create_app
 
@@ -326,9 +429,83 @@ def _serve(args: argparse.Namespace) -> int:
         dispatcher = RQDispatcher(settings)
     feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     backend = Backend(settings, dispatcher, feedback)
-    app = create_app(backend, feedback)
+    reconciler = None
+    if settings.label_studio_url and settings.label_studio_api_key:
+        from varco_labeler.feedback.reconciler import Reconciler
+        from varco_labeler.labelstudio.client import LabelStudioClient
+
+        # Few retries per call: the reconciler waits and tries again by itself.
+        client = LabelStudioClient(
+            settings.label_studio_url, settings.label_studio_api_key, attempts=2
+        )
+        reconciler = Reconciler(feedback, client, settings.sync_interval)
+    app = create_app(backend, feedback, reconciler)
+    warm_up()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from varco_labeler.feedback.store import FeedbackStore
+    from varco_labeler.feedback.sync import SyncError, sync_project
+    from varco_labeler.labelstudio.client import LabelStudioClient, LabelStudioError
+
+    settings = _settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        print("error: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", file=sys.stderr)
+        return 2
+    store = FeedbackStore(args.database_url or settings.database_url, settings.model_dir)
+    projects = args.project or store.projects()
+    if not projects:
+        print(
+            "error: no project to sync: pass --project N (with --all, the store knows no "
+            "project yet: none was connected to this backend or synced)",
+            file=sys.stderr,
+        )
+        return 2
+    failed = 0
+    with LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key) as client:
+        for project in projects:
+            try:
+                report = sync_project(store, client, project, full=args.full, progress=True)
+            except (SyncError, LabelStudioError) as error:
+                print(f"error: project {project}: {error}", file=sys.stderr)
+                failed += 1
+                continue
+            print(json.dumps(report.to_json()) if args.json else report.summary())
+    store.close()
+    return 1 if failed else 0
+
+
+def _add_sync(commands: argparse._SubParsersAction) -> None:
+    sync = commands.add_parser(
+        "sync",
+        help="reconcile the feedback store with Label Studio (annotations, skips, drafts, "
+        "deletions, predictions)",
+        description="Make the feedback store hold exactly what Label Studio holds, through its "
+        "API (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY): every task changed since the last sync "
+        "is read in full, then Label Studio's counts are compared with the store's to catch bulk "
+        "deletions, bulk-imported predictions and deleted tasks. Idempotent and resumable: run "
+        "it after the backend was down, or let `serve` run it (VARCO_SYNC_INTERVAL).",
+    )
+    which = sync.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--project", type=int, action="append", help="a Label Studio project id (repeatable)"
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every project the store knows: connected to this backend, or synced before",
+    )
+    sync.add_argument(
+        "--full", action="store_true", help="read every task again, not only the changed ones"
+    )
+    sync.add_argument("--database-url", help="the feedback store (env VARCO_DATABASE_URL)")
+    sync.add_argument(
+        "--json", action="store_true", help="print each project's report as a JSON line"
+    )
+    sync.set_defaults(handler=_sync)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,8 +565,10 @@ the rest is still written. Phrases that match no label are dropped unless --fall
         description="Print a label config to paste into Label Studio (project Settings > "
         "Labeling Interface > Code). grounding: labelled boxes; ocr: boxes with a per-region "
         "transcription (the backend runs OCR for it); referring: draw a box in interactive mode "
-        "and the model's answer about it lands in the region's text box (set extra_params "
-        '{"task": "grounding"} to pre-label such a project in bulk).',
+        "and the model's answer about it lands in the region's text box; nothing is pre-labelled "
+        'when a task opens (set extra_params {"task": "grounding"} to pre-label it in bulk). '
+        "Every config offers the smart tool: switch on Auto-Annotation, pick a label, then the "
+        "smart tool, and draw.",
     )
     config.add_argument("kind", choices=["grounding", "ocr", "referring"])
     config.add_argument(
@@ -461,9 +640,34 @@ model will be asked (see varco_labeler.varco.prompt_for); the answer comes back
 exactly for that image and prompt, e.g. one <char> item per character like
 VARCO-VISION-2.0-1.7B-OCR. Long answers need more teaching: the default --steps is
 150 per 1,000 answer tokens (a byte or a tag each), at least 150; one 40-character
-OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
+OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.
+
+--size 14b|1.7b --random writes instead a model with the real checkpoint's
+architecture (VARCO-VISION-14B-HF: Qwen2.5-14B + SigLIP, ~15.2B parameters, ~30 GB
+in bf16; 2.0-1.7B: Qwen3-1.7B + SigLIP2, ~2.1B, ~4.3 GB), vocabulary size and
+image resolution, with random weights: its answers are noise, its cost per token is
+the real one (for `python -m bench --only batching --model DIR` on a GPU). It needs
+that much free RAM and disk to build.""",
     )
     tiny.add_argument("dir", help="output directory")
+    tiny.add_argument(
+        "--size",
+        choices=["tiny", "14b", "1.7b"],
+        default="tiny",
+        help="tiny (default), or a real checkpoint's architecture (needs --random)",
+    )
+    tiny.add_argument(
+        "--random",
+        action="store_true",
+        help="with --size 14b|1.7b: random weights, nothing taught (the only choice there)",
+    )
+    tiny.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="with --size: tiles of PX pixels instead of the real 384 (fewer vision tokens: "
+        "for CPU tests only)",
+    )
     tiny.add_argument(
         "--text-model",
         choices=["qwen2", "qwen3"],
@@ -552,6 +756,7 @@ OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
         help="share of tasks in the validation split (default: %(default)s)",
     )
     export.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    _add_annotation_filters(export)
     export.set_defaults(handler=_export)
 
     report = commands.add_parser(
@@ -571,6 +776,7 @@ OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
         default=20,
         help="how many tasks to list for review first (default: %(default)s)",
     )
+    _add_annotation_filters(report)
     report.set_defaults(handler=_report)
 
     train = commands.add_parser(
@@ -635,7 +841,56 @@ OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
     train.add_argument(
         "--model-version", help="default: BASE+METHOD-HASH of the base, the data and the recipe"
     )
+    train.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        help="QLoRA: a LoRA adapter on the base loaded in 4 bits (one CUDA GPU, bitsandbytes)",
+    )
+    train.add_argument(
+        "--attn-implementation", help="eager, sdpa, flash_attention_2 (default: transformers')"
+    )
+    train.add_argument(
+        "--evaluate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the base and the trained model on the validation split into "
+        "train_summary.json (default: on)",
+    )
+    train.add_argument(
+        "--eval-batch-size", type=int, default=8, help="images per generation batch (default: 8)"
+    )
     train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model on an exported dataset's held-out split against the human answers",
+        description="Run a model on a split of a dataset written by export (any format) and "
+        "score its answers against the human ones with the report's metrics: box precision, "
+        "recall and F1 at IoU 0.5, COCO mAP@[.5:.95], label confusion and page-level OCR "
+        "CER/NED (missed and made-up text included). Judge a fine-tune on the validation split: "
+        "images it never trained on (the export splits by image content).",
+    )
+    evaluate.add_argument("dataset", metavar="DATASET", help="a folder written by export")
+    evaluate.add_argument("--model", required=True, help="checkpoint id or local path")
+    evaluate.add_argument(
+        "--split",
+        choices=["validation", "train"],
+        default="validation",
+        help="default: %(default)s",
+    )
+    evaluate.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    evaluate.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
+    evaluate.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    evaluate.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2")
+    quantised = evaluate.add_mutually_exclusive_group()
+    quantised.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes, CUDA")
+    quantised.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes, CUDA")
+    evaluate.add_argument("--profile", help="checkpoint profile (env VARCO_PROFILE; see predict)")
+    evaluate.add_argument(
+        "--openai-url", metavar="URL", help="an OpenAI-compatible server (vLLM) serving the model"
+    )
+    evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser(
         "serve",
@@ -657,6 +912,7 @@ OCR answer with boxes (190 steps) takes 40-60 s on one CPU thread.""",
         "--profile", help="checkpoint profile, embedded mode (env VARCO_PROFILE; see predict)"
     )
     serve.set_defaults(handler=_serve)
+    _add_sync(commands)
     return parser
 
 

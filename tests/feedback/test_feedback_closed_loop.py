@@ -1,22 +1,28 @@
-"""The loop closes: pre-labels -> human corrections -> export -> training -> better pre-labels.
+"""The loop closes, judged honestly: pre-labels -> corrections -> export -> training -> a model
+that does better on images it never saw.
 
-A tiny model is taught a WRONG box for the red image (a cat at 0.6, 0.6, 0.9, 0.9) and a right
-one for the blue image (a remote). Its predictions are recorded in the feedback store as the
-backend records them; annotators' webhooks move the cat's box to 0.1, 0.2, 0.5, 0.9 and keep the
-remote. The store is exported as trl-sft, the model trained on it, and the trained model's
-predictions on the same images score higher in the report, without losing the remote.
+A tiny model is taught a systematic mistake on a family of red images (a cat boxed at 0.6, 0.6,
+0.9, 0.9 where it sits at 0.1, 0.2, 0.5, 0.9) and a right answer on blue ones (a remote). It
+pre-labels six shades of red and three of blue; its predictions are recorded in the feedback
+store as the backend records them, and annotators' webhooks move every cat's box and keep the
+remotes. The store is exported with a split by image content, the model trained on the training
+images, and ``train`` scores the base and the trained model on the held-out images alone: F1
+rises there. ``varco-labeler evaluate`` gives the trained model the same figures.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers import CATS_CONFIG, labelstudio_fixture
 
+from varco_labeler.cli import main
 from varco_labeler.feedback.commands import run_export, run_report
+from varco_labeler.feedback.export import split_of
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.labelstudio import read_label_config
 from varco_labeler.labelstudio.results import regions_to_results
@@ -37,15 +43,26 @@ from varco_labeler.policy import Policy
 
 GROUNDING = prompt_for(Task.GROUNDING)
 CONFIG = read_label_config(CATS_CONFIG)
+WRONG_CAT = "A <obj>red cat</obj><bbox>0.6, 0.6, 0.9, 0.9</bbox> sits."
+REMOTE = "<obj>remote</obj><bbox>0.1, 0.1, 0.4, 0.3</bbox>"
+# The mistake is taught on three reds (and the remote on one blue); the model repeats it on
+# every red shade, seen in teaching or not.
 WRONG_LESSONS = (
-    Lesson(RED, GROUNDING, "A <obj>red cat</obj><bbox>0.6, 0.6, 0.9, 0.9</bbox> sits."),
-    Lesson(BLUE, GROUNDING, "<obj>remote</obj><bbox>0.1, 0.1, 0.4, 0.3</bbox>"),
+    Lesson(RED, GROUNDING, WRONG_CAT),
+    Lesson((200, 45, 35), GROUNDING, WRONG_CAT),
+    Lesson((235, 20, 50), GROUNDING, WRONG_CAT),
+    Lesson(BLUE, GROUNDING, REMOTE),
 )
+REDS = [(220, 30, 30), (205, 35, 45), (230, 25, 35), (215, 40, 30), (225, 20, 40), (210, 30, 25)]
+BLUES = [(30, 30, 220), (40, 35, 205), (25, 40, 230)]
+CAT = Region(Box(0.1, 0.2, 0.5, 0.9), label="Cat")  # where the annotator moved the cat
+KEPT_REMOTE = Region(Box(0.1, 0.1, 0.4, 0.3), label="Remote")
 # Task id, image colour, and what the annotator submitted.
-TASKS = (
-    (1, RED, Region(Box(0.1, 0.2, 0.5, 0.9), label="Cat")),  # the box moved
-    (2, BLUE, Region(Box(0.1, 0.1, 0.4, 0.3), label="Remote")),  # kept as predicted
+TASKS = tuple(
+    (task_id, colour, CAT if colour in REDS else KEPT_REMOTE)
+    for task_id, colour in enumerate(REDS + BLUES, 1)
 )
+VAL_FRACTION = 0.34
 
 
 @pytest.fixture(scope="module")
@@ -93,53 +110,61 @@ def annotate(images: dict[int, Path], settings: Settings) -> None:
         store.close()
 
 
-def scores(report: dict[str, Any], version_name: str | None = None) -> dict[str, Any]:
-    """One version's figures (the only one when not named)."""
-    if version_name is None:
-        (version,) = report["versions"].values()
-    else:
-        version = report["versions"][version_name]
-    return {
-        "micro_f1": version["micro"]["f1"],
-        "cat_f1": version["labels"]["Cat"]["f1"],
-        "cat_iou": version["labels"]["Cat"]["mean_iou"],
-        "remote_f1": version["labels"]["Remote"]["f1"],
-        "acceptance": version["effort"]["acceptance_rate"],
-    }
-
-
-@pytest.mark.parametrize(
-    ("lora", "steps", "learning_rate"),
-    # Steps measured on CPU (tiny-model seeds 0-5): full fine-tuning is right from 40 steps,
-    # LoRA from 120 (80 is not enough); both run with a margin.
-    [(False, 60, 3e-3), (True, 160, 5e-3)],
-    ids=["full", "lora"],
-)
-def test_corrections_train_a_better_model(
-    wrong_model: Path, tmp_path: Path, lora: bool, steps: int, learning_rate: float
-) -> None:
+def image_files(tmp_path: Path) -> dict[int, Path]:
     images = {}
     for task_id, colour, _ in TASKS:
         images[task_id] = tmp_path / "images" / f"task-{task_id}.png"
         images[task_id].parent.mkdir(exist_ok=True)
         solid_image(colour).save(images[task_id])
-    settings = Settings(model_dir=tmp_path / "model-dir", local_image_roots=(tmp_path / "images",))
+    return images
 
+
+def held_out_seed(images: dict[int, Path]) -> tuple[int, set[int]]:
+    """A split seed that holds out reds and blues and trains on both (the split is by image
+    content, so it is known before exporting); its validation task ids."""
+    for seed in range(100):
+        held = {
+            task_id
+            for task_id, path in images.items()
+            if split_of(hashlib.sha256(path.read_bytes()).hexdigest(), VAL_FRACTION, seed)
+            == "validation"
+        }
+        reds = {t for t, colour, _ in TASKS if colour in REDS}
+        if 2 <= len(held & reds) <= 3 and len(held - reds) == 1:
+            return seed, held
+    raise AssertionError("no seed splits the family")
+
+
+@pytest.mark.parametrize(
+    ("lora", "steps", "learning_rate"),
+    # Full fine-tuning and LoRA, with the step counts of the two-image loop this replaces
+    # (40 full / 120 LoRA steps were right on tiny-model seeds 0-5), with a margin.
+    [(False, 60, 3e-3), (True, 160, 5e-3)],
+    ids=["full", "lora"],
+)
+def test_corrections_train_a_model_better_on_images_it_never_saw(
+    wrong_model: Path, tmp_path: Path, lora: bool, steps: int, learning_rate: float
+) -> None:
+    images = image_files(tmp_path)
+    settings = Settings(model_dir=tmp_path / "model-dir", local_image_roots=(tmp_path / "images",))
     prelabel(wrong_model, "tiny-wrong", images, settings)
     annotate(images, settings)
-    before, _ = run_report("store", settings=settings)
-    assert set(before["versions"]) == {"tiny-wrong"}
-    assert scores(before) == {
-        "micro_f1": 0.5,  # the remote right, the cat's box wrong (IoU 0 with the correction)
-        "cat_f1": 0.0,
-        "cat_iou": None,
-        "remote_f1": 1.0,
-        "acceptance": 0.5,
-    }
+    before, table = run_report("store", settings=settings)
+    wrong = before["versions"]["tiny-wrong"]
+    # Every red mistaken (taught or not), every blue right.
+    assert wrong["labels"]["Cat"]["f1"] == 0.0, table
+    assert wrong["labels"]["Remote"]["f1"] == 1.0, table
 
-    exported = run_export("store", "trl-sft", tmp_path / "sft", val_fraction=0.0, settings=settings)
-    assert exported["written"] == {"train": 2, "validation": 0}
-    assert exported["model_versions"] == {"tiny-wrong": 2}
+    seed, held = held_out_seed(images)
+    exported = run_export(
+        "store",
+        "trl-sft",
+        tmp_path / "sft",
+        val_fraction=VAL_FRACTION,
+        seed=seed,
+        settings=settings,
+    )
+    assert exported["written"] == {"train": len(TASKS) - len(held), "validation": len(held)}
     summary = train(
         tmp_path / "sft",
         wrong_model,
@@ -150,14 +175,23 @@ def test_corrections_train_a_better_model(
         batch_size=2,
         gradient_accumulation=1,
     )
-    assert summary.steps == steps and summary.model_version != "tiny-wrong"
+    evaluation = summary.evaluation
+    assert evaluation is not None and evaluation["split"] == "validation"
+    assert evaluation["examples"] == len(held) == summary.validation_examples
+    base, trained = evaluation["base"], evaluation["trained"]
+    assert trained["model_version"] == summary.model_version != base["model_version"]
+    # Held-out reds: the base is wrong on every one, the trained model right; the blue stays.
+    assert base["labels"]["Cat"]["f1"] == 0.0 and trained["labels"]["Cat"]["f1"] == 1.0
+    assert base["labels"]["Remote"]["f1"] == trained["labels"]["Remote"]["f1"] == 1.0
+    assert trained["micro"]["f1"] == 1.0 > base["micro"]["f1"]
+    assert trained["map"]["map"] > base["map"]["map"]
+    written = json.loads((tmp_path / "trained" / "train_summary.json").read_text())
+    assert written["evaluation"] == json.loads(json.dumps(evaluation))
 
-    prelabel(Path(summary.model_dir), summary.model_version, images, settings)
-    after, table = run_report("store", settings=settings)
-    # Each version is scored on its own predictions: the old one as before, the new one apart.
-    assert set(after["versions"]) == {"tiny-wrong", summary.model_version}, table
-    assert scores(after, "tiny-wrong") == scores(before), table
-    improved = scores(after, summary.model_version)
-    assert improved["micro_f1"] == 1.0 > before["versions"]["tiny-wrong"]["micro"]["f1"], table
-    assert improved["cat_f1"] == 1.0 and improved["cat_iou"] > 0.9, table
-    assert improved["remote_f1"] == 1.0 and improved["acceptance"] == 1.0, table
+    # The command gives the trained model the same figures on the same held-out images.
+    out = tmp_path / "evaluation.json"
+    argv = ["evaluate", "--model", summary.model_dir, str(tmp_path / "sft"), "--json", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    command = json.loads(out.read_text())
+    assert command["split"] == "validation" and command["examples"] == len(held)
+    assert command["micro"] == trained["micro"] and command["map"] == trained["map"]

@@ -1,13 +1,18 @@
-"""Exports: formats, self-containment, DPO pair selection and the deterministic split."""
+"""Exports: formats, self-containment, DPO pair selection, the deterministic split by image
+content, reading order of OCR targets, upright images, and the annotation filters."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers import FIXTURES, labelstudio_fixture
+from PIL import Image
 
 from varco_labeler.feedback.export import FORMATS, ImageReader, export, load_llava, split_of
 from varco_labeler.feedback.pairing import Example
@@ -122,16 +127,102 @@ def test_hf_rows_carry_both_answers(tmp_path: Path, png_images: ImageReader) -> 
     assert rows[1]["image"].size == (48, 40)
 
 
-def test_split_is_per_task_and_repeatable(tmp_path: Path, png_images: ImageReader) -> None:
+class DistinctImages:
+    """A different PNG for every task number in the reference (``.../<n>-a.png``)."""
+
+    def read_bytes(self, ref: str) -> bytes:
+        n = int(ref.rsplit("/", 1)[-1].split("-")[0])
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 40), (n % 256, n // 256, 7)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+def content(reader: ImageReader, ref: str) -> str:
+    return hashlib.sha256(reader.read_bytes(ref)).hexdigest()
+
+
+def test_split_is_per_image_and_repeatable(tmp_path: Path) -> None:
+    reader = DistinctImages()
     examples = [example(i, [HELLO], None) for i in range(400)]
-    splits = [split_of(e, 0.25, seed=3) for e in examples]
-    assert splits == [split_of(e, 0.25, seed=3) for e in examples]
+    splits = [split_of(content(reader, e.image), 0.25, seed=3) for e in examples]
     assert 70 <= splits.count("validation") <= 130  # about a quarter
-    # A task keeps its split when other tasks come and go.
-    assert [split_of(e, 0.25, seed=3) for e in examples[::7]] == splits[::7]
-    summary = export(examples[:40], "llava", tmp_path / "x", 0.25, seed=3, images=png_images)
+    summary = export(examples[:40], "llava", tmp_path / "x", 0.25, seed=3, images=reader)
     assert summary["written"]["validation"] == splits[:40].count("validation")
     assert len(load_llava(tmp_path / "x", "validation")) == summary["written"]["validation"]
+    # A re-export, or one with other tasks around, puts each image in the same split.
+    again = export(examples[:40:3], "llava", tmp_path / "y", 0.25, seed=3, images=reader)
+    held = {r["image"] for r in load_llava(tmp_path / "x", "validation")}
+    assert {r["image"] for r in load_llava(tmp_path / "y", "validation")} <= held
+    assert again["written"]["validation"] == splits[:40:3].count("validation")
+
+
+def test_one_image_never_sits_in_both_splits(tmp_path: Path, png_images: ImageReader) -> None:
+    # 60 tasks share two pictures (red and blue): a split by task would put each picture on
+    # both sides; by content, every task of a picture lands where the picture does.
+    examples = [
+        replace(example(i, [HELLO], None), image=f"/data/upload/1/{i}-{'ab'[i % 2]}.png")
+        for i in range(60)
+    ]
+    for seed in range(5):
+        out = tmp_path / f"seed-{seed}"
+        export(examples, "llava", out, 0.5, seed=seed, images=png_images)
+        splits = {
+            split: {r["image"] for r in load_llava(out, split)}
+            if (out / f"{split}.json").exists()
+            else set()
+            for split in ("train", "validation")
+        }
+        assert not splits["train"] & splits["validation"]
+        assert len(splits["train"] | splits["validation"]) == 2
+
+
+def test_ocr_targets_follow_reading_order(tmp_path: Path, png_images: ImageReader) -> None:
+    title = Region(Box(0.1, 0.1, 0.5, 0.2), label="Text", text="TITLE")
+    left = Region(Box(0.1, 0.5, 0.3, 0.6), label="Text", text="left")
+    right = Region(Box(0.5, 0.51, 0.7, 0.6), label="Text", text="right")
+    drawn = [right, left, title]  # the order the annotator drew them
+    export([example(1, drawn, None)], "llava", tmp_path, 0.0, images=png_images)
+    (record,) = load_llava(tmp_path)
+    answer = record["conversations"][1]["value"]
+    assert answer == regions_to_varco([title, left, right], Task.OCR)
+    assert [line.split("</char>")[0] for line in answer.split("\n")] == [
+        "<char>TITLE",
+        "<char>left",
+        "<char>right",
+    ]
+
+
+class RotatedJpeg:
+    """A 60 x 40 JPEG stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to
+    view): upright it is 40 x 60, red on top, blue below."""
+
+    def read_bytes(self, ref: str) -> bytes:
+        upright = Image.new("RGB", (40, 60), (220, 30, 30))
+        upright.paste((30, 30, 220), (0, 30, 40, 60))
+        stored = upright.rotate(90, expand=True)  # what the camera wrote: sideways
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        buffer = io.BytesIO()
+        stored.save(buffer, "JPEG", exif=exif, quality=95)
+        return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["llava", "trl-sft"])
+def test_images_are_written_upright(tmp_path: Path, fmt: str) -> None:
+    export([example(1, [HELLO], None)], fmt, tmp_path, 0.0, images=RotatedJpeg())
+    if fmt == "llava":
+        (record,) = load_llava(tmp_path)
+        data = (tmp_path / record["image"]).read_bytes()
+    else:
+        import pyarrow.parquet as pq
+
+        (row,) = pq.read_table(next((tmp_path / "data").glob("train-*"))).to_pylist()
+        data = row["images"][0]["bytes"]
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (40, 60)  # upright, as Label Studio shows it
+        assert image.getexif().get(0x0112, 1) == 1  # no tag left to rotate it again
+        red, blue = image.convert("RGB").getpixel((20, 10)), image.convert("RGB").getpixel((20, 50))
+    assert red[0] > 150 > red[2] and blue[2] > 150 > blue[0]
 
 
 def test_unknown_format_and_unreadable_images(tmp_path: Path) -> None:

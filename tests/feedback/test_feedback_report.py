@@ -8,7 +8,8 @@ import pytest
 
 from varco_labeler.feedback.metrics import cer, differs_materially, match_regions, ned
 from varco_labeler.feedback.pairing import Example
-from varco_labeler.feedback.report import build_report, render_html, render_table, review_effort
+from varco_labeler.feedback.report import build_report, render_table, review_effort
+from varco_labeler.feedback.report_html import render_html
 from varco_labeler.regions import Region
 from varco_labeler.varco import Box, Task
 
@@ -104,9 +105,10 @@ def test_ocr_cer_and_ned_on_nfc_text() -> None:
         region((0, 0.5, 0.5, 0.7), "Text", text="STOPS"),
     ]
     ocr = build_report([example(1, human, model, kind=Task.OCR)])["versions"]["v1"]["ocr"]
-    assert ocr["pairs"] == 2
-    assert ocr["cer"] == pytest.approx(2 / 9)  # 1 + 1 edits over 5 + 4 reference characters
-    assert ocr["ned"] == pytest.approx(0.2)  # mean of 1/5 and 1/5
+    assert ocr["pages"] == 1
+    # The page "안녕하세요\nSTOP" (10 characters) against "안녕하세오\nSTOPS": 2 edits.
+    assert ocr["cer"] == pytest.approx(2 / 10)
+    assert ocr["ned"] == pytest.approx(2 / 11)
     assert cer("", "") == 0.0 and cer("x", "") == 1.0 and ned("abc", "abd") == pytest.approx(1 / 3)
 
 
@@ -135,5 +137,35 @@ def test_renderings() -> None:
     assert "ALL (micro)" in table and "66.7" in table
     assert "acceptance 33.3%" in table
     page = render_html(report)
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 2
-    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    # The versions compared, F1 per label and the calibration: drawn with axes and ticks.
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 3
+    assert page.count('id="xtick_') >= 10 and page.count('id="ytick_') >= 10
+    # Self-contained: nothing loaded from elsewhere (links to the SVG and XLink specs only).
+    assert "src='http" not in page and 'src="http' not in page and "<link" not in page
+
+
+def test_html_shows_each_task_to_review_on_its_image_with_a_link(png_images) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from varco_labeler.feedback.report_html import CORRECTION, PRE_LABEL
+
+    report = build_report(grounding_examples())
+    page = render_html(report, images=png_images, label_studio_url="http://ls.example:8080/")
+    pictures = re.findall(r"<img src='data:image/png;base64,([^']+)'", page)
+    assert len(pictures) == len(report["worst_tasks"]) == 2
+    assert "href='http://ls.example:8080/projects/1/data?task=1'" in page
+    assert "href='http://ls.example:8080/projects/1/data?task=2'" in page
+    # Task 1's thumbnail (the second card): the correction and the pre-label, in two colours.
+    with Image.open(io.BytesIO(base64.b64decode(pictures[1]))) as thumbnail:
+        colours = {colour for _, colour in thumbnail.convert("RGB").getcolors(1 << 16)}
+    assert {_rgb(CORRECTION), _rgb(PRE_LABEL)} <= colours
+    # Without images or an address, the cards still name the image.
+    assert "img0" not in render_html(report) and "img1.png" in render_html(report)
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))

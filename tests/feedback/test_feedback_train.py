@@ -4,6 +4,7 @@ the engine."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -59,6 +60,12 @@ def corrected(task_id: int) -> Example:
     )
 
 
+def split_seed(images: ImageReader) -> int:
+    """A seed that holds out one of the two pictures (red, blue) and trains on the other."""
+    red, blue = (hashlib.sha256(images.read_bytes(r)).hexdigest() for r in ("a.png", "b.png"))
+    return next(s for s in range(50) if split_of(red, 0.5, s) != split_of(blue, 0.5, s))
+
+
 def tensors(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -79,9 +86,8 @@ def test_lora_sft_writes_adapter_merged_model_and_summary(
 ) -> None:
     # Four tasks, split so that both splits have some: the validation one gives an eval loss.
     examples = [corrected(i) for i in range(1, 5)]
-    validation = [split_of(e, 0.5, seed=3) for e in examples].count("validation")
-    assert 0 < validation < 4
-    sft = export(examples, "trl-sft", tmp_path / "sft", 0.5, seed=3, images=png_images)
+    seed = split_seed(png_images)
+    sft = export(examples, "trl-sft", tmp_path / "sft", 0.5, seed=seed, images=png_images)
     out = tmp_path / "out"
     summary = train(
         tmp_path / "sft",
@@ -95,8 +101,18 @@ def test_lora_sft_writes_adapter_merged_model_and_summary(
 
     assert summary.method == "sft" and summary.lora and summary.steps == 3
     assert summary.model_version.startswith(f"{tiny_model_dir.name}+sft-")
+    validation = sft["written"]["validation"]
+    assert validation == 2  # the two tasks of the held-out picture
     assert summary.train_examples == sft["written"]["train"] == 4 - validation
     assert summary.validation_examples == validation and summary.eval_loss is not None
+    assert summary.processes == 1
+    # Base and trained model, each scored on the held-out picture only.
+    evaluation = summary.evaluation
+    assert evaluation is not None
+    assert (evaluation["split"], evaluation["examples"]) == ("validation", validation)
+    assert evaluation["base"]["model_version"] == tiny_model_dir.name
+    assert evaluation["trained"]["model_version"] == summary.model_version
+    assert {"micro", "map", "labels", "confusion", "ocr"} <= evaluation["trained"].keys()
     assert summary.final_loss is not None and summary.final_loss > 0
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved == summary.to_json() == json.loads((out / "model" / SUMMARY_FILE).read_text())

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from varco_labeler.feedback.commands import run_export, run_report
+from varco_labeler.feedback.reading_order import reading_order
 from varco_labeler.feedback.report import build_report, render_table
 from varco_labeler.feedback.sources import SourceError, examples_from_export
 from varco_labeler.feedback.task_files import TaskFileError, read_task_file
@@ -410,7 +411,8 @@ def _export_and_check(
         boxes = {r["id"]: r for r in chosen.get("result") or [] if r["type"] == "rectanglelabels"}
         with_text = [r for r in results_to_regions(chosen.get("result") or [], CONFIG) if r.text]
         if with_text:
-            answers.append([(region, boxes[region.id]) for region in with_text])
+            # OCR targets list the lines in reading order, whatever order they were drawn in.
+            answers.append([(region, boxes[region.id]) for region in reading_order(with_text)])
     assert sft["written"] == {"train": len(answers), "validation": 0}
     assert sft["skipped"].get("image_error", 0) == 0
     rows = []

@@ -11,21 +11,31 @@ import json
 from pathlib import Path
 from typing import Any
 
+from varco_labeler.feedback.annotations import AnnotationFilter, AnnotationInfo, index_annotations
 from varco_labeler.feedback.export import PREFERENCE_FORMATS, export
-from varco_labeler.feedback.pairing import Example, PairingStats
-from varco_labeler.feedback.report import build_report, render_html, render_table
+from varco_labeler.feedback.pairing import Example, PairingStats, pair_tasks
+from varco_labeler.feedback.report import build_report, render_table
 from varco_labeler.feedback.sources import (
     SourceError,
     examples_from_export,
-    examples_from_label_studio,
     examples_from_store,
+    snapshot_export,
 )
 from varco_labeler.feedback.store import FeedbackStore
+from varco_labeler.feedback.task_files import read_task_file
+from varco_labeler.labelstudio.config import read_label_config
 from varco_labeler.labelstudio.images import ImageFetcher
 from varco_labeler.settings import Settings
 
+Feedback = tuple[list[Example], dict[int, AnnotationInfo]]
 
-def load_examples(
+
+def load_examples(source: str, settings: Settings, **options: Any) -> list[Example]:
+    """The examples of :func:`load_feedback`, without what is known of their annotations."""
+    return load_feedback(source, settings, **options)[0]
+
+
+def load_feedback(
     source: str,
     settings: Settings,
     *,
@@ -35,29 +45,64 @@ def load_examples(
     stats: PairingStats | None = None,
     every_version: bool = False,
     needs_model_side: str | None = None,
-) -> list[Example]:
-    """Examples from ``store``, ``label-studio`` or Label Studio task files (a file or folder).
+    only: AnnotationFilter | None = None,
+) -> Feedback:
+    """Examples from ``store``, ``label-studio`` or Label Studio task files (a file or folder),
+    and who made each annotation, when and how long it took (by annotation id).
 
     ``every_version``: one example per model version of a task (a report). ``needs_model_side``
-    names what needs the predictions: a file without any (JSON_MIN) is refused for it.
+    names what needs the predictions: a file without any (JSON_MIN) is refused for it. ``only``
+    keeps the examples whose annotation passes the filter.
     """
+    examples, index = _load(
+        source,
+        settings,
+        database_url=database_url,
+        label_config=label_config,
+        project=project,
+        stats=stats,
+        every_version=every_version,
+        needs_model_side=needs_model_side,
+    )
+    if only is not None:
+        examples = only.apply(examples, index)
+    return examples, index
+
+
+def _load(
+    source: str,
+    settings: Settings,
+    *,
+    database_url: str | None,
+    label_config: Path | None,
+    project: int | None,
+    stats: PairingStats | None,
+    every_version: bool,
+    needs_model_side: str | None,
+) -> Feedback:
     config_xml = label_config.read_text(encoding="utf-8") if label_config else None
     if source == "label-studio":
         if not (settings.label_studio_url and settings.label_studio_api_key and project):
             raise SourceError("set LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and --project")
-        return examples_from_label_studio(
-            settings.label_studio_url,
-            settings.label_studio_api_key,
-            project,
-            stats,
-            every_version=every_version,
+        from label_studio_sdk import LabelStudio
+
+        client = LabelStudio(
+            base_url=settings.label_studio_url, api_key=settings.label_studio_api_key
         )
+        tasks, xml = snapshot_export(client, project)
+        examples = pair_tasks(
+            tasks, xml, f"label-studio:{project}", stats, every_version=every_version
+        )
+        return examples, index_annotations(tasks)
     store = FeedbackStore(database_url, model_dir=settings.model_dir)
     try:
         if source == "store":
-            return examples_from_store(
+            examples = examples_from_store(
                 store, project, config_xml, stats, every_version=every_version
             )
+            # The annotations' who/when/how long, read from the same tables.
+            stored = store.tasks(project)
+            return examples, index_annotations({"annotations": t.annotations} for t in stored)
         path = Path(source)
         if not path.exists():
             raise SourceError(
@@ -69,7 +114,7 @@ def load_examples(
             raise SourceError(f"{source}: pass --label-config (or --project known to the store)")
         fetcher = ImageFetcher.from_settings(settings)
         try:
-            return examples_from_export(
+            examples = examples_from_export(
                 path,
                 config_xml,
                 store=store,
@@ -80,6 +125,9 @@ def load_examples(
             )
         finally:
             fetcher.close()
+        # Annotations only (no image sizes needed): who, when, how long.
+        tasks = read_task_file(path, read_label_config(config_xml)).tasks
+        return examples, index_annotations(tasks)
     finally:
         store.close()
 
@@ -94,14 +142,16 @@ def run_export(
     project: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    only: AnnotationFilter | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Pair, then export; images are fetched as the worker fetches them (Label Studio with the
-    API key, VARCO_ALLOWED_IMAGE_HOSTS, VARCO_LOCAL_IMAGE_ROOTS). The summary says how each
-    example was paired (``pairing.rules``)."""
+    """Pair, filter (``only``: annotator, date, review state), then export; images are fetched
+    as the worker fetches them (Label Studio with the API key, VARCO_ALLOWED_IMAGE_HOSTS,
+    VARCO_LOCAL_IMAGE_ROOTS). The summary says how each example was paired (``pairing.rules``)
+    and how many the filter left out (``filtered_out``)."""
     settings = settings or Settings.from_env()
     stats = PairingStats()
-    examples = load_examples(
+    examples, index = load_feedback(
         source,
         settings,
         database_url=database_url,
@@ -110,12 +160,13 @@ def run_export(
         stats=stats,
         needs_model_side=f"{fmt} preference pairs" if fmt in PREFERENCE_FORMATS else None,
     )
+    kept = only.apply(examples, index) if only is not None else examples
     fetcher = ImageFetcher.from_settings(settings)
     try:
-        summary = export(examples, fmt, out_dir, val_fraction, seed, images=fetcher)
+        summary = export(kept, fmt, out_dir, val_fraction, seed, images=fetcher)
     finally:
         fetcher.close()
-    return {**summary, "pairing": vars(stats)}
+    return {**summary, "filtered_out": len(examples) - len(kept), "pairing": vars(stats)}
 
 
 def run_report(
@@ -127,24 +178,36 @@ def run_report(
     label_config: Path | None = None,
     project: int | None = None,
     worst: int = 20,
+    only: AnnotationFilter | None = None,
     settings: Settings | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The report as data and as a terminal table; writes JSON and HTML when asked. Each
-    prediction of a task is scored under its own model version."""
-    examples = load_examples(
+    prediction of a task is scored under its own model version. The HTML page draws the tasks
+    to review first on their images, fetched as the worker fetches them, and links each to
+    Label Studio when LABEL_STUDIO_URL is set."""
+    settings = settings or Settings.from_env()
+    examples, index = load_feedback(
         source,
-        settings or Settings.from_env(),
+        settings,
         database_url=database_url,
         label_config=label_config,
         project=project,
         every_version=True,
         needs_model_side="a report on the pre-labels",
+        only=only,
     )
-    report = build_report(examples, worst=worst)
+    report = build_report(examples, worst=worst, annotations=index)
     if out_json:
         out_json.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     if out_html:
-        out_html.write_text(render_html(report), encoding="utf-8")
+        from varco_labeler.feedback.report_html import render_html  # matplotlib: only here
+
+        fetcher = ImageFetcher.from_settings(settings)
+        try:
+            page = render_html(report, images=fetcher, label_studio_url=settings.label_studio_url)
+        finally:
+            fetcher.close()
+        out_html.write_text(page, encoding="utf-8")
     return report, render_table(report)
 
 

@@ -1,9 +1,14 @@
 """Examples -> training sets: TRL SFT, TRL DPO, LLaVA, LLaVA-NeXT DPO, and a plain HF dataset.
 
 Every export is self-contained: Parquet formats embed the image bytes (a Parquet ``Image()``
-column otherwise stores only paths), LLaVA formats copy the images into ``images/``. The
-train/validation split is decided per task from a hash of (seed, project, task), so a task keeps
-its split when the data grows and re-exports give the same files.
+column otherwise stores only paths), LLaVA formats copy the images into ``images/``. Images are
+written upright: a JPEG with an EXIF orientation is rotated as Label Studio shows it (the boxes
+are in that frame) and saved without the tag, so no trainer has to know about EXIF. OCR targets
+list the lines in reading order (``reading_order``), whatever order they were drawn in.
+
+The train/validation split is decided per image from a hash of (seed, the image's content), so
+one picture never sits in both splits (two tasks may share an image, and images are stored once
+by content), an image keeps its split when the data grows, and re-exports give the same files.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from varco_labeler.feedback.metrics import MATERIAL_IOU, differs_materially
 from varco_labeler.feedback.pairing import Example
+from varco_labeler.feedback.reading_order import reading_order
+from varco_labeler.regions import regions_to_varco
+from varco_labeler.varco import Task
 
 FORMATS = ("trl-sft", "trl-dpo", "llava", "llava-dpo", "hf")
 PREFERENCE_FORMATS = frozenset({"trl-dpo", "llava-dpo"})
@@ -38,14 +46,23 @@ class ImageReader(Protocol):
 class _StoredImage:
     name: str  # path inside the export, e.g. images/3fa2....png
     data: bytes
+    content: str  # sha256 of the bytes as read, before turning upright: the split's key
 
 
-def split_of(example: Example, val_fraction: float, seed: int = 0) -> str:
-    """``validation`` for about ``val_fraction`` of tasks, the same ones on every run."""
-    task = example.task_id if example.task_id is not None else example.image
-    key = f"{seed}:{example.project}:{task}"
+def split_of(content_hash: str, val_fraction: float, seed: int = 0) -> str:
+    """``validation`` for about ``val_fraction`` of images (by content hash), the same ones on
+    every run."""
+    key = f"{seed}:{content_hash}"
     position = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "validation" if position < val_fraction else "train"
+
+
+def in_reading_order(example: Example) -> Example:
+    """An OCR example whose target lists its lines as a page is read."""
+    if example.kind is not Task.OCR:
+        return example
+    regions = tuple(reading_order(example.regions))
+    return replace(example, regions=regions, answer=regions_to_varco(regions, example.kind))
 
 
 def export(
@@ -74,7 +91,7 @@ def export(
     image_errors: list[str] = []
     stored: dict[str, _StoredImage] = {}
     rows: dict[str, list[tuple[Example, _StoredImage]]] = {split: [] for split in SPLITS}
-    for example in examples:
+    for example in map(in_reading_order, examples):
         reason = _skip_reason(example, fmt)
         if reason:
             skipped[reason] += 1
@@ -86,7 +103,8 @@ def export(
                 skipped["image_error"] += 1
                 image_errors.append(f"{example.image}: {error}")
                 continue
-        rows[split_of(example, val_fraction, seed)].append((example, stored[example.image]))
+        image = stored[example.image]
+        rows[split_of(image.content, val_fraction, seed)].append((example, image))
 
     files = _WRITERS[fmt](rows, out_dir)
     written = [example for split in SPLITS for example, _ in rows[split]]
@@ -305,10 +323,25 @@ class _LocalFiles:
 
 
 def _store_image(data: bytes) -> _StoredImage:
-    """Name images by content: the same picture in two tasks is stored once."""
+    """Name images by content: the same picture in two tasks is stored once. An image with an
+    EXIF orientation other than upright is turned upright and re-encoded (JPEG at quality 95)."""
+    content = hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as image:
-        extension = (image.format or "png").lower().replace("jpeg", "jpg")
-    return _StoredImage(f"images/{hashlib.sha256(data).hexdigest()[:20]}.{extension}", data)
+        fmt = image.format or "PNG"
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            upright = ImageOps.exif_transpose(image)
+            buffer = io.BytesIO()
+            if fmt == "JPEG":
+                upright.convert("RGB").save(buffer, "JPEG", quality=95)
+            else:
+                fmt = "PNG"
+                upright.save(buffer, "PNG")
+            data = buffer.getvalue()
+    extension = fmt.lower().replace("jpeg", "jpg")
+    return _StoredImage(f"images/{content[:20]}.{extension}", data, content)
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def _card(summary: dict[str, Any]) -> str:
@@ -335,7 +368,8 @@ def _card(summary: dict[str, Any]) -> str:
         f"- sources: {_counts(summary['sources'])}",
         f"- images: {summary['images']} (embedded or under images/)",
         f"- skipped: {_counts(summary['skipped']) or 'none'}",
-        f"- split: per task, validation fraction {summary['val_fraction']}, seed {summary['seed']}",
+        f"- split: per image (content hash), validation fraction {summary['val_fraction']}, "
+        f"seed {summary['seed']}",
         "",
         _HOW_TO_LOAD[fmt],
     ]

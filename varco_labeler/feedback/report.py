@@ -1,39 +1,44 @@
-"""How good were the pre-labels? Metrics per model version and label, from paired examples.
+"""How good were the pre-labels? Metrics per model version, label and annotator.
 
 - Boxes: per label, Hungarian matching on 1 - IoU, a true positive at IoU >= 0.5; precision,
-  recall and F1 per label and micro over labels; mean IoU of the true positives.
-- OCR: on box-matched pairs, CER (total edits / total reference characters) and mean NED.
+  recall and F1 per label and micro over labels; mean IoU of the true positives; COCO mAP@[.5:.95]
+  and mAP@.5 (pycocotools, see ``detection``); a confusion matrix of labels on boxes matched
+  whatever their labels.
+- OCR: per page, every region's text in reading order against the human page: CER (total edits /
+  total reference characters) and mean NED; missed and made-up lines count (``metrics.page_ocr``).
 - Review effort: a pre-label the annotator kept unchanged is *accepted*; kept but moved,
   relabelled or retyped is *adjusted*; removed is *deleted*; a region only the human drew is
   *added*. Regions are followed by their Label Studio id (an edited pre-label keeps its id), and
   matched by overlap where ids do not say. Acceptance rate = accepted / predicted.
+- Time: Label Studio's ``lead_time`` (seconds from opening a task to submitting it) of the tasks
+  annotated from a version's pre-label, against tasks annotated without any pre-label; time saved
+  per task = the difference of the means. Only the pre-label the annotator saw counts (not a
+  version scored on the task afterwards).
+- Per annotator: the same box figures, effort and time, over the pre-labels each one corrected.
 - Calibration: predicted region scores in ten bins against the share of them that were right.
 """
 
 from __future__ import annotations
 
-import html
-import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import mean
 from typing import Any
 
-from varco_labeler.feedback.metrics import (
-    MATCH_IOU,
-    edit_distance,
-    match_regions,
-    ned,
-    nfc,
-    region_changed,
-)
-from varco_labeler.feedback.pairing import Example
+from varco_labeler.feedback.annotations import AnnotationInfo, info_of
+from varco_labeler.feedback.detection import confusion, mean_average_precision
+from varco_labeler.feedback.metrics import MATCH_IOU, match_regions, page_ocr, region_changed
+from varco_labeler.feedback.pairing import LATEST, Example
 from varco_labeler.regions import Region
+from varco_labeler.varco import Task
 
 NO_LABEL = "(none)"
+UNKNOWN_ANNOTATOR = "(unknown)"
 # Overlap enough to call a moved box the same region when ids do not say.
 EFFORT_IOU = 0.1
 BINS = 10
+EFFORT_KINDS = ("accepted", "adjusted", "deleted", "added")
 
 
 @dataclass
@@ -65,7 +70,9 @@ class _Counts:
 
 
 @dataclass
-class _VersionStats:
+class _Group:
+    """Everything one model version (or one annotator) is scored on."""
+
     tasks: int = 0
     labels: dict[str, _Counts] = field(default_factory=lambda: defaultdict(_Counts))
     effort: Counter[str] = field(default_factory=Counter)
@@ -73,101 +80,188 @@ class _VersionStats:
     reference_chars: int = 0
     neds: list[float] = field(default_factory=list)
     scored: list[tuple[float, bool]] = field(default_factory=list)
+    pages: list[tuple[tuple[Region, ...], tuple[Region, ...]]] = field(default_factory=list)
+    lead_times: list[float] = field(default_factory=list)
     per_task: list[dict[str, Any]] = field(default_factory=list)
 
+    def micro(self) -> dict[str, Any]:
+        total = _Counts()
+        for counts in self.labels.values():
+            total.add(counts)
+        return total.as_dict()
 
-def build_report(examples: Sequence[Example], worst: int = 20) -> dict[str, Any]:
-    """The report as plain data (JSON-ready): ``versions`` by model version, and the
-    ``worst_tasks`` (lowest F1 first) across versions, to review first."""
-    versions: dict[str, _VersionStats] = defaultdict(_VersionStats)
+    def effort_dict(self) -> dict[str, Any]:
+        predicted = sum(self.effort[k] for k in ("accepted", "adjusted", "deleted"))
+        return {
+            **{k: self.effort[k] for k in EFFORT_KINDS},
+            "predicted": predicted,
+            "acceptance_rate": self.effort["accepted"] / predicted if predicted else None,
+        }
+
+    def ocr_dict(self) -> dict[str, Any]:
+        return {
+            "pages": len(self.neds),
+            "cer": self.edits / self.reference_chars if self.reference_chars else None,
+            "ned": mean(self.neds) if self.neds else None,
+        }
+
+
+def build_report(
+    examples: Sequence[Example],
+    worst: int = 20,
+    annotations: Mapping[int, AnnotationInfo] | None = None,
+) -> dict[str, Any]:
+    """The report as plain data (JSON-ready): ``versions`` by model version, ``annotators``,
+    ``time`` (the lead time of tasks annotated without a pre-label), and the ``worst_tasks``
+    (lowest F1 first) across versions, to review first, with their regions for drawing."""
+    annotations = annotations or {}
+    versions: dict[str, _Group] = defaultdict(_Group)
+    annotators: dict[str, _Group] = defaultdict(_Group)
+    unassisted: list[float] = []
     unpaired = 0
     for example in examples:
+        info = info_of(example, annotations)
+        lead_time = info.lead_time if info else None
         if example.model_regions is None:
             unpaired += 1
+            if lead_time is not None:
+                unassisted.append(lead_time)
             continue
-        stats = versions[example.model_version or "unknown"]
-        stats.tasks += 1
-        _add_example(stats, example)
-    out_versions = {}
-    all_tasks = []
-    for version, stats in sorted(versions.items()):
-        micro = _Counts()
-        for counts in stats.labels.values():
-            micro.add(counts)
-        predicted = sum(stats.effort[k] for k in ("accepted", "adjusted", "deleted"))
-        out_versions[version] = {
-            "tasks": stats.tasks,
-            "micro": micro.as_dict(),
-            "labels": {label: c.as_dict() for label, c in sorted(stats.labels.items())},
-            "ocr": {
-                "pairs": len(stats.neds),
-                "cer": stats.edits / stats.reference_chars if stats.reference_chars else None,
-                "ned": sum(stats.neds) / len(stats.neds) if stats.neds else None,
-            },
-            "effort": {
-                **{k: stats.effort[k] for k in ("accepted", "adjusted", "deleted", "added")},
-                "predicted": predicted,
-                "acceptance_rate": stats.effort["accepted"] / predicted if predicted else None,
-            },
-            "calibration": _calibration(stats.scored),
-        }
-        all_tasks += [{"model_version": version, **task} for task in stats.per_task]
-    all_tasks.sort(key=lambda t: (t["f1"], t["task_id"] or 0))
+        task = _score(example)
+        seen = example.pairing_rule != LATEST  # the pre-label the annotator worked from
+        version = example.model_version or "unknown"
+        _add(versions[version], task, lead_time if seen else None)
+        versions[version].per_task.append({"model_version": version, **task.row})
+        if seen:
+            who = (info.annotator if info else None) or UNKNOWN_ANNOTATOR
+            _add(annotators[who], task, lead_time)
+    baseline = mean(unassisted) if unassisted else None
+    all_tasks = sorted(
+        (row for group in versions.values() for row in group.per_task),
+        key=lambda t: (t["f1"], t["task_id"] or 0),
+    )
     return {
         "examples": len(examples),
         "without_prediction": unpaired,
         "match_iou": MATCH_IOU,
-        "versions": out_versions,
+        "time": {"unassisted_tasks": len(unassisted), "unassisted_mean_seconds": baseline},
+        "versions": {
+            version: _version_dict(group, baseline) for version, group in sorted(versions.items())
+        },
+        "annotators": {
+            name: _annotator_dict(group, baseline) for name, group in sorted(annotators.items())
+        },
         "worst_tasks": all_tasks[:worst],
     }
 
 
-def _add_example(stats: _VersionStats, example: Example) -> None:
-    predicted = list(example.model_regions or ())
-    reference = list(example.regions)
-    task = _Counts()
+@dataclass
+class _TaskScore:
+    labels: dict[str, _Counts]
+    effort: Counter[str]
+    page: tuple[tuple[Region, ...], tuple[Region, ...]]
+    ocr: Any  # metrics.PageOcr or None
+    scored: list[tuple[float, bool]]
+    row: dict[str, Any]
+
+
+def _score(example: Example) -> _TaskScore:
+    predicted = tuple(example.model_regions or ())
+    reference = tuple(example.regions)
     by_label: dict[str, tuple[list[Region], list[Region]]] = defaultdict(lambda: ([], []))
     for region in predicted:
         by_label[_label(region)][0].append(region)
     for region in reference:
         by_label[_label(region)][1].append(region)
+    labels: dict[str, _Counts] = {}
     correct: set[int] = set()  # ids of predicted regions that were true positives
     for label, (pred, ref) in by_label.items():
         matching = match_regions(pred, ref)
-        counts = _Counts(
+        labels[label] = _Counts(
             tp=len(matching.matches),
             fp=len(matching.unmatched_predicted),
             fn=len(matching.unmatched_reference),
             iou_sum=sum(m.iou for m in matching.matches),
         )
-        stats.labels[label].add(counts)
-        task.add(counts)
-        for m in matching.matches:
-            correct.add(id(pred[m.predicted]))
-            if pred[m.predicted].text is not None or ref[m.reference].text is not None:
-                p, r = nfc(pred[m.predicted].text), nfc(ref[m.reference].text)
-                stats.edits += edit_distance(p, r)
-                stats.reference_chars += len(r)
-                stats.neds.append(ned(p, r))
-    for region in predicted:
-        if region.score is not None:
-            stats.scored.append((region.score, id(region) in correct))
+        correct |= {id(pred[m.predicted]) for m in matching.matches}
+    is_ocr = example.kind is Task.OCR or any(r.text for r in (*predicted, *reference))
     effort = review_effort(predicted, reference)
-    stats.effort.update(effort)
-    summary = task.as_dict()
-    stats.per_task.append(
-        {
-            "task_id": example.task_id,
-            "project": example.project,
-            "image": example.image,
-            "f1": summary["f1"] if predicted or reference else 1.0,
-            "tp": task.tp,
-            "fp": task.fp,
-            "fn": task.fn,
-            "score": example.prediction_score,
-            **{k: effort[k] for k in ("accepted", "adjusted", "deleted", "added")},
-        }
+    total = _Counts()
+    for counts in labels.values():
+        total.add(counts)
+    summary = total.as_dict()
+    row = {
+        "task_id": example.task_id,
+        "project": example.project,
+        "image": example.image,
+        "f1": summary["f1"] if predicted or reference else 1.0,
+        "tp": total.tp,
+        "fp": total.fp,
+        "fn": total.fn,
+        "score": example.prediction_score,
+        **{k: effort[k] for k in EFFORT_KINDS},
+        # For the thumbnails of the tasks to review first.
+        "predicted": [r.to_json() for r in predicted],
+        "reference": [r.to_json() for r in reference],
+    }
+    return _TaskScore(
+        labels=labels,
+        effort=effort,
+        page=(predicted, reference),
+        ocr=page_ocr(predicted, reference) if is_ocr else None,
+        scored=[(r.score, id(r) in correct) for r in predicted if r.score is not None],
+        row=row,
     )
+
+
+def _add(group: _Group, task: _TaskScore, lead_time: float | None) -> None:
+    group.tasks += 1
+    for label, counts in task.labels.items():
+        group.labels[label].add(counts)
+    group.effort.update(task.effort)
+    group.pages.append(task.page)
+    group.scored += task.scored
+    if task.ocr is not None:
+        group.edits += task.ocr.edits
+        group.reference_chars += task.ocr.reference_chars
+        group.neds.append(task.ocr.ned)
+    if lead_time is not None:
+        group.lead_times.append(lead_time)
+
+
+def _time_dict(group: _Group, baseline: float | None) -> dict[str, Any]:
+    assisted = mean(group.lead_times) if group.lead_times else None
+    saved = baseline - assisted if baseline is not None and assisted is not None else None
+    return {
+        "tasks": len(group.lead_times),
+        "mean_seconds": assisted,
+        "saved_per_task_seconds": saved,
+        "saved_total_seconds": saved * len(group.lead_times) if saved is not None else None,
+    }
+
+
+def _version_dict(group: _Group, baseline: float | None) -> dict[str, Any]:
+    return {
+        "tasks": group.tasks,
+        "micro": group.micro(),
+        "map": mean_average_precision(group.pages),
+        "labels": {label: c.as_dict() for label, c in sorted(group.labels.items())},
+        "confusion": confusion(group.pages),
+        "ocr": group.ocr_dict(),
+        "effort": group.effort_dict(),
+        "time": _time_dict(group, baseline),
+        "calibration": _calibration(group.scored),
+    }
+
+
+def _annotator_dict(group: _Group, baseline: float | None) -> dict[str, Any]:
+    return {
+        "tasks": group.tasks,
+        "micro": group.micro(),
+        "ocr": group.ocr_dict(),
+        "effort": group.effort_dict(),
+        "time": _time_dict(group, baseline),
+    }
 
 
 def review_effort(predicted: Sequence[Region], reference: Sequence[Region]) -> Counter[str]:
@@ -231,17 +325,25 @@ def render_table(report: dict[str, Any]) -> str:
                 f"{label[:24]:<24} {_pct(m['precision']):>6} {_pct(m['recall']):>6} "
                 f"{_pct(m['f1']):>6} {iou:>6} {m['tp']:>5} {m['fp']:>5} {m['fn']:>5}"
             )
-        ocr, effort = data["ocr"], data["effort"]
-        if ocr["pairs"]:
-            lines.append(
-                f"OCR on {ocr['pairs']} matched region(s): CER {_pct(ocr['cer'])}%, "
-                f"NED {_pct(ocr['ned'])}%"
-            )
         lines.append(
-            f"review: {effort['accepted']} accepted, {effort['adjusted']} adjusted, "
-            f"{effort['deleted']} deleted, {effort['added']} added; "
-            f"acceptance {_pct(effort['acceptance_rate'])}%"
+            f"mAP@[.5:.95] {_number(data['map']['map'])}, mAP@.5 {_number(data['map']['map_50'])}"
         )
+        lines += _effort_lines(data)
+    baseline = report["time"]["unassisted_mean_seconds"]
+    if baseline is not None:
+        lines += [
+            "",
+            f"without a pre-label: {report['time']['unassisted_tasks']} task(s), "
+            f"{baseline:.1f} s each on average",
+        ]
+    if report["annotators"]:
+        lines += ["", "per annotator (the pre-labels each one corrected):"]
+        for name, data in report["annotators"].items():
+            lines.append(
+                f"  {name}: {data['tasks']} task(s), F1 {_pct(data['micro']['f1'])}%, "
+                f"acceptance {_pct(data['effort']['acceptance_rate'])}%, "
+                f"{_seconds(data['time']['mean_seconds'])} per task"
+            )
     if report["worst_tasks"]:
         lines += ["", "review first (lowest F1):"]
         for task in report["worst_tasks"][:10]:
@@ -253,100 +355,31 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """One self-contained page: tables, per-label F1 bars and a calibration diagram (SVG)."""
-    e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>VARCO pre-label report</title>",
-        "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}</style></head><body>",
-        "<h1>VARCO pre-label report</h1>",
-        f"<p>{report['examples']} examples, {report['without_prediction']} without a "
-        f"prediction. Boxes match at IoU &ge; {report['match_iou']}.</p>",
-    ]
-    for version, data in report["versions"].items():
-        parts.append(f"<h2>Model version {e(version)} ({data['tasks']} tasks)</h2>")
-        parts.append(
-            "<table><tr><th>label</th><th>precision %</th><th>recall %</th><th>F1 %</th>"
-            "<th>mean IoU</th><th>TP</th><th>FP</th><th>FN</th></tr>"
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _effort_lines(data: dict[str, Any]) -> list[str]:
+    ocr, effort, time = data["ocr"], data["effort"], data["time"]
+    lines = []
+    if ocr["pages"]:
+        lines.append(
+            f"OCR on {ocr['pages']} page(s), missed and made-up text included: "
+            f"CER {_pct(ocr['cer'])}%, NED {_pct(ocr['ned'])}%"
         )
-        for label, m in [*data["labels"].items(), ("ALL (micro)", data["micro"])]:
-            iou = "-" if m["mean_iou"] is None else f"{m['mean_iou']:.3f}"
-            parts.append(
-                f"<tr><td>{e(label)}</td><td>{_pct(m['precision'])}</td>"
-                f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td><td>{iou}</td>"
-                f"<td>{m['tp']}</td><td>{m['fp']}</td><td>{m['fn']}</td></tr>"
-            )
-        parts.append("</table>")
-        effort, ocr = data["effort"], data["ocr"]
-        parts.append(
-            f"<p>Review: {effort['accepted']} accepted, {effort['adjusted']} adjusted, "
-            f"{effort['deleted']} deleted, {effort['added']} added; acceptance rate "
-            f"{_pct(effort['acceptance_rate'])}%.</p>"
+    lines.append(
+        f"review: {effort['accepted']} accepted, {effort['adjusted']} adjusted, "
+        f"{effort['deleted']} deleted, {effort['added']} added; "
+        f"acceptance {_pct(effort['acceptance_rate'])}%"
+    )
+    if time["tasks"]:
+        saved = time["saved_per_task_seconds"]
+        lines.append(
+            f"time: {_seconds(time['mean_seconds'])} per task over {time['tasks']} task(s)"
+            + ("" if saved is None else f"; {saved:.1f} s saved per task against none")
         )
-        if ocr["pairs"]:
-            parts.append(
-                f"<p>OCR on {ocr['pairs']} matched regions: CER {_pct(ocr['cer'])}%, "
-                f"NED {_pct(ocr['ned'])}%.</p>"
-            )
-        parts.append("<h3>F1 per label</h3>" + _bars_svg(data["labels"]))
-        parts.append("<h3>Score calibration</h3>" + _calibration_svg(data["calibration"]))
-    if report["worst_tasks"]:
-        parts.append("<h2>Review first (lowest F1)</h2><table><tr><th>task</th><th>version</th>")
-        parts.append(
-            "<th>F1 %</th><th>adjusted</th><th>deleted</th><th>added</th><th>image</th></tr>"
-        )
-        for t in report["worst_tasks"]:
-            parts.append(
-                f"<tr><td>{t['task_id']}</td><td>{e(t['model_version'])}</td>"
-                f"<td>{_pct(t['f1'])}</td><td>{t['adjusted']}</td><td>{t['deleted']}</td>"
-                f"<td>{t['added']}</td><td>{e(str(t['image']))}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append(
-        "<script type='application/json' id='report'>"
-        + e(json.dumps(report, ensure_ascii=False))
-        + "</script></body></html>"
-    )
-    return "\n".join(parts)
-
-
-def _bars_svg(labels: dict[str, dict[str, Any]]) -> str:
-    row, width = 22, 300
-    height = row * len(labels) + 10
-    bars = []
-    for i, (label, m) in enumerate(labels.items()):
-        y = 5 + i * row
-        bars.append(
-            f"<text x='0' y='{y + 15}'>{html.escape(label[:20])}</text>"
-            f"<rect x='150' y='{y}' width='{width * m['f1']:.1f}' height='{row - 6}' "
-            f"fill='#4a7'/><text x='{155 + width * m['f1']:.1f}' y='{y + 15}'>"
-            f"{_pct(m['f1'])}%</text>"
-        )
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width + 220}' height='{height}' "
-        f"font-size='12'>{''.join(bars)}</svg>"
-    )
-
-
-def _calibration_svg(bins: list[dict[str, Any]]) -> str:
-    """Reliability diagram: mean score (x) against the share right (y); the diagonal is ideal."""
-    size, pad = 240, 30
-
-    dots = "".join(
-        f"<circle cx='{pad + b['mean_score'] * size:.1f}' "
-        f"cy='{pad + (1 - b['accuracy']) * size:.1f}' r='{3 + min(6, b['count'] ** 0.5):.1f}' "
-        f"fill='#47a'><title>{b['count']} regions, score {b['mean_score']:.2f}, "
-        f"right {b['accuracy']:.2f}</title></circle>"
-        for b in bins
-    )
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{size + 2 * pad}' "
-        f"height='{size + 2 * pad}' font-size='11'>"
-        f"<rect x='{pad}' y='{pad}' width='{size}' height='{size}' fill='none' stroke='#999'/>"
-        f"<line x1='{pad}' y1='{pad + size}' x2='{pad + size}' y2='{pad}' stroke='#ccc' "
-        f"stroke-dasharray='4'/>{dots}"
-        f"<text x='{pad}' y='{2 * pad + size - 5}'>region score</text>"
-        f"<text x='2' y='{pad - 8}'>share right (TP at IoU {MATCH_IOU})</text></svg>"
-    )
+    return lines

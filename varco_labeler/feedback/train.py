@@ -8,9 +8,14 @@ can compare the trained model's pre-labels with the old one's:
     out_dir/model/               the merged full model and its processor (left padding), with
                                  varco_profile.json naming the base checkpoint's profile, so the
                                  engine serves it like the base whatever the directory is called
-    out_dir/train_summary.json   what was trained on, how, and the new model version
+    out_dir/train_summary.json   what was trained on, how, the new model version, and the base
+                                 and trained models scored on the validation split (``evaluation``)
 
-One process on one device (a GPU, or the CPU); needs the ``train`` extra (trl, peft).
+Runs as one process, or unchanged under ``accelerate launch`` / ``torchrun`` with several (data
+parallel; FSDP or DeepSpeed through an accelerate config): every process trains, the main one
+saves, merges and evaluates. ``load_in_4bit`` trains a LoRA adapter on a 4-bit base (QLoRA, one
+GPU, bitsandbytes); the merged model is then made from the base reloaded in full precision.
+Needs the ``train`` extra (trl, peft).
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class TrainSummary:
     created_at: str
     hyperparameters: dict[str, Any]
     profile: str  # the base checkpoint's profile, written into model_dir (varco_profile.json)
+    processes: int  # training processes (data parallel), 1 without a launcher
+    # Base and trained model on the validation split: {"split", "examples", "base", "trained"}
+    # (each the report's figures, see feedback.evaluate), or None without a validation split.
+    evaluation: dict[str, Any] | None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +114,10 @@ def train(
     save_steps: int | None = None,
     seed: int = 0,
     model_version: str | None = None,
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
+    evaluate: bool = True,
+    eval_batch_size: int = 8,
 ) -> TrainSummary:
     """Train ``base_model`` on the export in ``dataset_dir`` and write ``out_dir`` (see module).
 
@@ -115,7 +128,9 @@ def train(
     ``_LEARNING_RATES``). ``max_length`` None never truncates: a cut sequence could lose image
     tokens. ``bf16`` and ``gradient_checkpointing`` default to on with CUDA. ``save_steps`` keeps
     checkpoints under ``out_dir/checkpoints``. ``model_version`` defaults to
-    ``{base name}+{method}-{hash of the base, the data and the recipe}``.
+    ``{base name}+{method}-{hash of the base, the data and the recipe}``. ``load_in_4bit``:
+    QLoRA (needs LoRA, CUDA and bitsandbytes). ``evaluate``: score the base and the trained
+    model on the validation split (greedy generation, ``eval_batch_size`` images at a time).
     """
     import torch
 
@@ -127,6 +142,8 @@ def train(
         raise TrainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if lora and lora_r < 1:
         raise TrainError("lora_r must be at least 1")
+    if load_in_4bit:
+        _check_qlora(lora)
     try:
         # Before hours of training: the trained model is served with the base's profile.
         profile = profile_for(base_model)
@@ -151,6 +168,7 @@ def train(
         "max_length": max_length,
         "bf16": bf16,
         "seed": seed,
+        "load_in_4bit": load_in_4bit,
     }
     version = model_version or _default_version(base_model, method, lora, files, hyperparameters)
     # The datasets cache only has to outlive this run; keep it out of the output.
@@ -188,11 +206,23 @@ def train(
                 **({"beta": beta} if method == "dpo" else {}),
             },
             dtype=torch.bfloat16 if bf16 else torch.float32,
+            load_in_4bit=load_in_4bit,
+            attn_implementation=attn_implementation,
         )
         result = trainer.train()
+        # Collective under several processes: every process takes part.
         eval_loss = trainer.evaluate()["eval_loss"] if eval_set is not None else None
-        model_dir, adapter_dir = _save(trainer, base_model, out_dir, lora)
-        write_profile(model_dir, profile)
+        model_dir, adapter_dir = _save(trainer, base_model, out_dir, lora, bf16)
+        main = trainer.accelerator.is_main_process
+        if main:
+            write_profile(model_dir, profile)
+        trainer.accelerator.wait_for_everyone()
+    processes = trainer.accelerator.num_processes
+    evaluation = None
+    if main and evaluate and eval_set is not None:
+        evaluation = _evaluate_both(base_model, model_dir, version, dataset_dir, eval_batch_size)
+    if not main:  # the main process writes the summary; the others only trained
+        return _summary_of_rank(version, method, base_model, dataset_dir, lora, processes)
     checkpoints = out_dir / "checkpoints"
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()  # the trainer makes it even when it saves nothing
@@ -216,6 +246,8 @@ def train(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         hyperparameters=hyperparameters,
         profile=profile.name,
+        processes=processes,
+        evaluation=evaluation,
     )
     text = json.dumps(summary.to_json(), indent=1, ensure_ascii=False)
     (out_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
@@ -345,11 +377,24 @@ def _trainer(
     peft_config: Any,
     args: dict[str, Any],
     dtype: Any,
+    load_in_4bit: bool = False,
+    attn_implementation: str | None = None,
 ) -> Any:
     import trl
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+    options: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        options["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        options["quantization_config"] = _qlora_config(dtype)
+    model = AutoModelForImageTextToText.from_pretrained(base_model, **options)
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(args.get("gradient_checkpointing"))
+        )
     if peft_config is None:
         # Full fine-tuning updates the language model and the projector; the vision tower stays.
         for name, parameter in model.named_parameters():
@@ -369,20 +414,122 @@ def _trainer(
 
 
 def _save(
-    trainer: Any, base_model: str | Path, out_dir: Path, lora: bool
+    trainer: Any, base_model: str | Path, out_dir: Path, lora: bool, bf16: bool
 ) -> tuple[Path, Path | None]:
-    from transformers import AutoProcessor
+    """Save through the trainer (it gathers FSDP and DeepSpeed shards; every process calls it),
+    then, on the main process only, merge a LoRA adapter into the base reloaded in full
+    precision (a 4-bit base cannot be merged into) and save it with its processor."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir, adapter_dir = out_dir / "model", None
-    model = trainer.model
     if lora:
         adapter_dir = out_dir / "adapter"
-        model.save_pretrained(adapter_dir)
-        model = model.merge_and_unload()
-    model.save_pretrained(model_dir)
+        trainer.save_model(str(adapter_dir))
+    else:
+        trainer.save_model(str(model_dir))
+    if not trainer.accelerator.is_main_process:
+        return model_dir, adapter_dir
+    if lora:
+        from peft import PeftModel
+
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        base = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        merged.save_pretrained(model_dir)
     # A fresh processor, as the base model has it, with the left padding batched generation needs
     # (the published 14B-HF tokenizer does not set it).
     processor = AutoProcessor.from_pretrained(base_model)
     processor.tokenizer.padding_side = "left"
     processor.save_pretrained(model_dir)
     return model_dir, adapter_dir
+
+
+def _check_qlora(lora: bool) -> None:
+    import importlib.util
+
+    import torch
+
+    if not lora:
+        raise TrainError("4-bit loading trains a LoRA adapter (QLoRA): drop --no-lora")
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainError("4-bit loading (QLoRA) needs a CUDA GPU and bitsandbytes")
+
+
+def _qlora_config(dtype: Any) -> Any:
+    """QLoRA's recipe: NF4 weights, double quantisation, compute in the training dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        # The vision tower and projector stay in full precision: small, and not trained.
+        llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"],
+    )
+
+
+# -- evaluation on the held-out split --------------------------------------------------------
+def _evaluate_both(
+    base_model: str | Path, model_dir: Path, version: str, dataset_dir: Path, batch_size: int
+) -> dict[str, Any]:
+    """The base and the trained model on the validation split: images neither trained on."""
+    import torch
+
+    from varco_labeler.engine.transformers_engine import TransformersEngine
+    from varco_labeler.feedback.evaluate import evaluate_engine, load_split
+
+    items = load_split(dataset_dir, "validation")
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    scores = {}
+    for name, model, model_version in (
+        ("base", base_model, None),
+        ("trained", model_dir, version),
+    ):
+        engine = TransformersEngine(
+            model, device=device, max_batch_size=batch_size, model_version=model_version
+        )
+        scores[name] = evaluate_engine(engine, items, batch_size=batch_size)
+        scores[name].pop("worst_tasks")
+        del engine  # one model in memory at a time
+    log.info(
+        "validation F1 (IoU 0.5): base %.3f, trained %.3f on %d example(s)",
+        scores["base"]["micro"]["f1"],
+        scores["trained"]["micro"]["f1"],
+        len(items),
+    )
+    return {"split": "validation", "examples": len(items), **scores}
+
+
+def _summary_of_rank(
+    version: str,
+    method: str,
+    base_model: str | Path,
+    dataset_dir: Path,
+    lora: bool,
+    processes: int,
+) -> TrainSummary:
+    """What a process other than the main one returns: it wrote nothing."""
+    return TrainSummary(
+        model_version=version,
+        method=method,
+        base_model=str(base_model),
+        dataset_dir=str(dataset_dir),
+        lora=lora,
+        train_examples=0,
+        validation_examples=0,
+        steps=0,
+        epochs=0.0,
+        final_loss=None,
+        train_loss=None,
+        eval_loss=None,
+        seconds=0.0,
+        model_dir="",
+        adapter_dir=None,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        hyperparameters={},
+        profile="",
+        processes=processes,
+        evaluation=None,
+    )

@@ -2,7 +2,12 @@
 
 Order of preference: a label's ``predicted_values`` aliases (the convention of Label Studio's own
 example backends), then an exact match after normalising (case, leading numbers and articles,
-simple plurals), then the phrase's head noun, then a label contained in the phrase.
+plurals), then the phrase's head noun, then a label contained in the phrase.
+
+English plurals are undone by lemminflect's noun lemmas (a dictionary, so "bus" and "lens" stay,
+"buses", "knives" and "lenses" lose their plural), and plurals without an -s ("people",
+"geese") by inflect. Korean words lose their particles and the plural suffix 들 through
+Kiwi's morphological analysis (kiwipiepy): "고양이가" and "고양이들은" both read "고양이".
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from varco_labeler.regions import Region
 from varco_labeler.varco import Task
@@ -20,19 +27,56 @@ _LEADING_WORDS = frozenset(
     "a an the this that these those some several many few multiple various both each "
     "one two three four five six seven eight nine ten eleven twelve pair couple group of".split()
 )
-_NOT_PLURAL_ENDINGS = ("ss", "us", "is")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+# Kiwi's tags dropped from a Korean word: particles (J...), the plural suffix 들 (XSN) is
+# checked by form, since XSN also covers suffixes that change the meaning.
+_KOREAN_PLURAL = "들"
 
 
+@cache
+def _inflect() -> Any:
+    import inflect
+
+    return inflect.engine()
+
+
+@cache
+def _kiwi() -> Any:
+    from kiwipiepy import Kiwi  # loads its model (~2 s) on the first Korean phrase only
+
+    return Kiwi()
+
+
+@cache
 def _singular(word: str) -> str:
-    if len(word) <= 3 or not word.isascii():
+    if not word.isascii() or not word.isalpha():
         return word
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith(("ches", "shes", "xes", "sses", "zes")):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith(_NOT_PLURAL_ENDINGS):
-        return word[:-1]
-    return word
+    from lemminflect import getLemma
+
+    lemmas = getLemma(word, upos="NOUN")
+    lemma = lemmas[0] if lemmas else word
+    if lemma == word and not word.endswith("s"):
+        # Irregular plurals the lemma dictionary keeps as they are ("people").
+        return _inflect().singular_noun(word) or word
+    return lemma
+
+
+@cache
+def _korean_words(word: str) -> tuple[str, ...]:
+    """A Korean word's content morphemes: particles and the plural 들 dropped."""
+    tokens = _kiwi().tokenize(word)
+    kept = tuple(
+        t.form
+        for t in tokens
+        if not t.tag.startswith("J") and not (t.tag == "XSN" and t.form == _KOREAN_PLURAL)
+    )
+    return kept or (word,)
+
+
+def _words(word: str) -> tuple[str, ...]:
+    if _HANGUL.search(word):
+        return _korean_words(word)
+    return (_singular(word),)
 
 
 def normalise(text: str) -> tuple[str, ...]:
@@ -41,7 +85,7 @@ def normalise(text: str) -> tuple[str, ...]:
     start = 0
     while start < len(words) and (words[start] in _LEADING_WORDS or words[start].isdigit()):
         start += 1
-    return tuple(_singular(word) for word in words[start:])
+    return tuple(part for word in words[start:] for part in _words(word))
 
 
 def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
@@ -127,3 +171,9 @@ class LabelMapper:
             else:
                 kept.append(region.with_(label=label))
         return kept, dropped
+
+
+def warm_up() -> None:
+    """Load the word lists now: the first plural looked up costs seconds, more than Label
+    Studio's 3 s for a /setup (the backend calls this before it listens)."""
+    _singular("people")
