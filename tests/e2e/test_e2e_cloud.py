@@ -2,7 +2,8 @@
 on this machine): the bucket is connected to Label Studio as source cloud storage with presigned
 URLs on and off, and the backend resolves every task's object through Label Studio.
 
-- "Retrieve predictions" and ``prelabel --project`` store a prediction for every task;
+- "Retrieve predictions" and ``prelabel --project`` store a prediction for every task, and
+  ``export label-studio`` copies the bucket's images into the dataset;
 - an object deleted from the bucket fails its own task, with the reason, and no other; the
   presigned URL's signature reaches no message and no log.
 """
@@ -10,6 +11,7 @@ URLs on and off, and the backend resolves every task's object through Label Stud
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -146,7 +148,7 @@ def connect(ls_client: Any, project: int, backend: Any) -> None:
 
 @pytest.mark.parametrize("presign", [True, False], ids=["presigned", "proxied"])
 def test_cloud_tasks_are_predicted_by_retrieve_and_by_prelabel(
-    presign: bool, label_studio, ls_client, bucket: Bucket, own_backend
+    presign: bool, label_studio, ls_client, bucket: Bucket, own_backend, tmp_path
 ) -> None:
     api = label_studio.api()
     retrieved = cloud_project(api, bucket, f"cloud retrieve {presign}", presign)
@@ -165,6 +167,19 @@ def test_cloud_tasks_are_predicted_by_retrieve_and_by_prelabel(
     expected = {"red": ["Cat"], "blue": ["Dog", "Dog"]}  # what the tiny model was taught
     assert labels_by_colour(api, retrieved) == expected
     assert labels_by_colour(api, prelabelled) == expected
+
+    # The live export copies the bucket's image into the dataset, resolved the same way.
+    red = next(t for t in tasks_of(api, retrieved) if t["data"]["image"].endswith("red.png"))
+    ls_client.annotations.create(red["id"], result=red["predictions"][0]["result"])
+    out = tmp_path / "llava"
+    exported = varco(
+        own_backend.env, "export", "label-studio", "--project", str(retrieved),
+        "--format", "llava", "--out", str(out), "--val-fraction", "0",
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    (record,) = json.loads((out / "train.json").read_text())
+    with Image.open(out / record["image"]) as image:
+        assert image.size == (48, 40) and image.convert("RGB").getpixel((0, 0)) == COLOURS["red"]
 
 
 def test_a_deleted_object_fails_its_task_alone_and_no_signature_is_shown(

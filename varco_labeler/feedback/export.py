@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from varco_labeler.feedback.metrics import MATERIAL_IOU, differs_materially
 from varco_labeler.feedback.pairing import Example
 from varco_labeler.feedback.reading_order import reading_order
+from varco_labeler.labelstudio.images import cloud_reference
 from varco_labeler.regions import regions_to_varco
 from varco_labeler.varco import Task
 
@@ -98,7 +99,9 @@ def export(
             continue
         if example.image not in stored:
             try:
-                stored[example.image] = _store_image(reader.read_bytes(example.image))
+                # A cloud URI is fetched through Label Studio's resolver for its task.
+                ref = cloud_reference(example.image, example.task_id)
+                stored[example.image] = _store_image(reader.read_bytes(ref))
             except (OSError, ValueError) as error:  # ImageError is a ValueError
                 skipped["image_error"] += 1
                 image_errors.append(f"{example.image}: {error}")

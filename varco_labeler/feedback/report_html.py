@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from PIL import Image, ImageDraw, ImageOps
 
 from varco_labeler.feedback.report import _pct
+from varco_labeler.labelstudio.images import cloud_reference
 
 PRE_LABEL = "#e8710a"
 CORRECTION = "#1b9e4b"
@@ -330,7 +331,8 @@ def task_link(url: str | None, project: int | None, task_id: int | None) -> str 
 
 def _thumbnail(task: dict[str, Any], images: ImageReader) -> str | None:
     try:
-        with Image.open(io.BytesIO(images.read_bytes(str(task["image"])))) as opened:
+        ref = cloud_reference(str(task["image"]), task.get("task_id"))
+        with Image.open(io.BytesIO(images.read_bytes(ref))) as opened:
             # Boxes are in the upright frame Label Studio shows.
             image = ImageOps.exif_transpose(opened).convert("RGB")
     except (OSError, ValueError):  # unreadable or not allowed: the card keeps the path
