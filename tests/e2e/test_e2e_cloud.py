@@ -26,7 +26,7 @@ import httpx
 import pytest
 from PIL import Image
 from processes import free_port
-from projects import COLOURS, varco
+from projects import COLOURS, connect, varco
 
 from varco_labeler.labelstudio.templates import label_config
 
@@ -139,11 +139,6 @@ def labels_by_colour(api: httpx.Client, project: int) -> dict[str, list[str]]:
         ]
         out[colour] = sorted(labels)
     return out
-
-
-def connect(ls_client: Any, project: int, backend: Any) -> None:
-    ml = ls_client.ml.create(project=project, url=backend.url, title="VARCO-VISION")
-    assert ls_client.ml.get(id=ml.id).state == "CO"
 
 
 @pytest.mark.parametrize("presign", [True, False], ids=["presigned", "proxied"])

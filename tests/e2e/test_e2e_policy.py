@@ -20,7 +20,7 @@ import httpx
 import pytest
 from helpers import GREEN, OCR_PROFILE
 from processes import Processes, RedisProcess
-from projects import make_project, varco
+from projects import connect, make_project, varco
 
 from varco_labeler.feedback.store import FeedbackStore
 from varco_labeler.labelstudio.templates import label_config
@@ -91,14 +91,6 @@ def test_prelabel_project_on_the_ocr_specialist_pushes_words(
     assert not (tmp_path / "worker-dir").exists()
 
 
-def connect(ls_client: Any, project: int, backend: Any) -> None:
-    """Settings > Model > Connect model, with the model's Extra params."""
-    ml = ls_client.ml.create(
-        project=project, url=backend.url, title="VARCO-VISION", extra_params=EXTRA_PARAMS
-    )
-    assert ls_client.ml.get(id=ml.id).state == "CO"
-
-
 @pytest.fixture(scope="module")
 def twin_projects(label_studio, ls_client, backend, our_env) -> Iterator[tuple[int, int]]:
     """Two projects with the same tasks and model settings: one pre-labelled by "Retrieve
@@ -106,7 +98,7 @@ def twin_projects(label_studio, ls_client, backend, our_env) -> Iterator[tuple[i
     retrieved = make_project(label_studio, ls_client, "policy: retrieve", 4, POLICY_CONFIG)
     prelabelled = make_project(label_studio, ls_client, "policy: prelabel", 4, POLICY_CONFIG)
     for project in (retrieved, prelabelled):
-        connect(ls_client, project, backend)
+        connect(ls_client, project, backend, extra_params=EXTRA_PARAMS)
     answer = label_studio.api().post(
         "/api/dm/actions",
         params={"id": "retrieve_tasks_predictions", "project": retrieved},

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from projects import make_project, varco
+from projects import connect, make_project, varco
 
 from varco_labeler.feedback.pairing import STARTED_FROM, PairingStats
 from varco_labeler.feedback.sources import examples_from_store
@@ -56,11 +56,6 @@ def settled(backend: BackendServer, at_least: int = 0, timeout: float = 30.0) ->
             time.sleep(0.2)
     finally:
         store.close()
-
-
-def connect(ls_client: Any, project: int, backend: BackendServer) -> None:
-    ml = ls_client.ml.create(project=project, url=backend.url, title="VARCO-VISION")
-    assert ls_client.ml.get(id=ml.id).state == "CO"
 
 
 def label_studio_annotations(api: httpx.Client, project: int) -> dict[int, dict[str, Any]]:

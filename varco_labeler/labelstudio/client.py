@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import (
@@ -32,6 +32,7 @@ from tenacity import (
 from varco_labeler.labelstudio.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # httpx logs every request's full URL at INFO: a presigned URL's signature must never reach a log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -50,8 +51,23 @@ class LabelStudioUnavailable(LabelStudioError):
     """Label Studio could not be reached (down, restarting, a wrong URL)."""
 
 
-class _Transient(Exception):
+class TransientError(Exception):
     """Worth another try: the server is restarting or the connection dropped."""
+
+
+def retrying(
+    function: Callable[..., T], *, attempts: int = ATTEMPTS, backoff: float = 1.0
+) -> Callable[..., T]:
+    """``function`` retried while it raises :class:`TransientError`, with exponential backoff
+    (``backoff``, twice that, ... at most 30 s) and a warning before each wait; after
+    ``attempts`` the last error is raised. The one retry policy for Label Studio and images."""
+    return retry(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=backoff, max=30),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )(function)
 
 
 def looks_like_personal_token(token: str) -> bool:
@@ -133,13 +149,7 @@ class LabelStudioClient:
         self.url = url.rstrip("/")
         self.auth = LabelStudioAuth(self.url, api_key)
         self._http = httpx.Client(base_url=self.url, auth=self.auth, timeout=timeout)
-        self._get = retry(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=backoff, max=30),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )(self._get_once)
+        self._get = retrying(self._get_once, attempts=attempts, backoff=backoff)
 
     def close(self) -> None:
         self._http.close()
@@ -227,7 +237,7 @@ class LabelStudioClient:
         """The JSON body of a GET, None for 404; retried while Label Studio is unreachable."""
         try:
             return self._get(path, params)
-        except _Transient as error:
+        except TransientError as error:
             raise LabelStudioUnavailable(
                 f"Label Studio at {self.url} unreachable after retries: {error}"
             ) from None
@@ -236,11 +246,11 @@ class LabelStudioClient:
         try:
             response = self._http.get(path, params=params)
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
-            raise _Transient(f"cannot connect ({type(error).__name__})") from error
+            raise TransientError(f"cannot connect ({type(error).__name__})") from error
         except httpx.TimeoutException as error:
-            raise _Transient(f"no answer in time ({type(error).__name__})") from error
+            raise TransientError(f"no answer in time ({type(error).__name__})") from error
         if response.status_code in _TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {response.status_code}")
+            raise TransientError(f"HTTP {response.status_code}")
         if response.status_code == 404:
             return None
         if response.status_code != 200:

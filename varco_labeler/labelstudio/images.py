@@ -15,15 +15,13 @@ from urllib.parse import ParseResult, unquote, urlparse
 
 import httpx
 from PIL import Image, ImageOps
-from tenacity import (
-    before_sleep_log,
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
-from varco_labeler.labelstudio.client import LabelStudioAuth, LabelStudioError
+from varco_labeler.labelstudio.client import (
+    LabelStudioAuth,
+    LabelStudioError,
+    TransientError,
+    retrying,
+)
 
 if TYPE_CHECKING:
     from varco_labeler.settings import Settings
@@ -125,13 +123,7 @@ class ImageFetcher:
         self.max_pixels = max_pixels
         self._resolve = resolve or _addresses
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
-        self._get = retry(
-            retry=retry_if_exception_type(_Transient),
-            stop=stop_after_attempt(_RETRY_ATTEMPTS),
-            wait=wait_exponential(multiplier=_RETRY_BACKOFF, max=30),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            reraise=True,
-        )(self._get_once)
+        self._get = retrying(self._get_once, attempts=_RETRY_ATTEMPTS, backoff=_RETRY_BACKOFF)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageFetcher:
@@ -196,7 +188,7 @@ class ImageFetcher:
         url = ref if "://" in ref else self.label_studio_url + ref
         try:
             answer = self._get(url, self._auth)
-        except _Transient as error:  # Label Studio restarting: the job is worth running again
+        except TransientError as error:  # Label Studio restarting: the job is worth running again
             raise ImageUnavailable(f"{error} after {_RETRY_ATTEMPTS} attempts") from None
         if isinstance(answer, _Redirect):  # Label Studio chose it: a presigned URL
             answer = self._download(answer.location, redirected_by_label_studio=True)
@@ -211,7 +203,7 @@ class ImageFetcher:
         self._check_address(parsed.hostname or "", url)
         try:
             answer = self._get(url, None)
-        except _Transient as error:  # another host down: this task fails, not its whole job
+        except TransientError as error:  # another host down: this task fails, not its whole job
             raise ImageError(f"{error} after {_RETRY_ATTEMPTS} attempts") from None
         if isinstance(answer, _Redirect):
             origin = "the presigned URL" if redirected_by_label_studio else "the image host"
@@ -251,7 +243,7 @@ class ImageFetcher:
                         f"{self._redact(url)}: Label Studio refused LABEL_STUDIO_API_KEY (401)"
                     )
                 if response.status_code in (502, 503, 504):
-                    raise _Transient(f"HTTP {response.status_code}")
+                    raise TransientError(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise ImageError(f"{self._redact(url)}: HTTP {response.status_code}")
                 declared = int(response.headers.get("content-length") or 0)
@@ -267,7 +259,7 @@ class ImageFetcher:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as error:
-            raise _Transient(
+            raise TransientError(
                 f"{self._redact(url)}: cannot connect ({type(error).__name__})"
             ) from None
         except LabelStudioError as error:
@@ -325,10 +317,6 @@ def cloud_reference(ref: str, task_id: int | None) -> str:
 @dataclass(frozen=True)
 class _Redirect:
     location: str
-
-
-class _Transient(Exception):
-    """A failure worth retrying: the server is restarting or the connection dropped."""
 
 
 def _addresses(host: str) -> list[str]:
