@@ -84,11 +84,9 @@ def _load(
     if source == "label-studio":
         if not (settings.label_studio_url and settings.label_studio_api_key and project):
             raise SourceError("set LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and --project")
-        from label_studio_sdk import LabelStudio
+        from varco_labeler.labelstudio.client import sdk_client
 
-        client = LabelStudio(
-            base_url=settings.label_studio_url, api_key=settings.label_studio_api_key
-        )
+        client = sdk_client(settings.label_studio_url, settings.label_studio_api_key)
         tasks, xml = snapshot_export(client, project)
         examples = pair_tasks(
             tasks, xml, f"label-studio:{project}", stats, every_version=every_version

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
+
+from varco_labeler.labelstudio.client import sdk_client
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ class PredictionSink:
     ) -> None:
         self._http = httpx.Client(timeout=timeout)
         # Our own retries (with the duplicate check) replace the SDK's blind ones.
-        self.client = LabelStudio(
-            base_url=url, api_key=api_key, httpx_client=self._http, max_retries=0
-        )
+        self.client = sdk_client(url, api_key, httpx_client=self._http, max_retries=0)
         self.attempts, self.backoff = attempts, backoff
 
     def push(
