@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from processes import free_port
+from processes import Processes, RedisProcess, free_port
 from projects import COLOURS, connect, varco
 
 from varco_labeler.labelstudio.templates import label_config
@@ -202,3 +202,23 @@ def test_a_deleted_object_fails_its_task_alone_and_no_signature_is_shown(
     assert "blue.png" in problem and ("HTTP 403" in problem or "HTTP 404" in problem), problem
     for text in (done.stderr, problem, own_backend.service.log_text()):
         assert "Signature" not in text, [line for line in text.splitlines() if "Signature" in line]
+
+
+def test_prelabel_through_the_queue_fetches_cloud_images_on_the_worker(
+    label_studio, ls_client, bucket: Bucket, own_backend, tmp_path
+) -> None:
+    api = label_studio.api()
+    project = cloud_project(api, bucket, "cloud queue", True)
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    processes = Processes(own_backend.env | {"MODEL_DIR": str(tmp_path / "worker")}, tmp_path)
+    try:
+        processes.worker(redis.url, "cloud-gpu")
+        env = own_backend.env | {"REDIS_URL": redis.url}
+        done = varco(env, "prelabel", "--project", str(project))
+        assert done.returncode == 0, done.stderr
+        assert "failed 0" in done.stderr
+    finally:
+        processes.stop_all()
+        redis.stop()
+    assert labels_by_colour(api, project) == {"red": ["Cat"], "blue": ["Dog", "Dog"]}
