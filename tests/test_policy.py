@@ -172,3 +172,25 @@ def test_a_task_whose_labels_cannot_hold_the_fallback_fails_alone():
     assert [done.record.task_id for done in converted] == [1]
     assert "task" not in converted[0].prediction  # the push adds it, Label Studio's reply must not
     assert list(failed) == ["2"] and "fallback label 'Other'" in failed["2"]
+
+
+def test_a_project_may_word_its_grounding_request_in_korean():
+    config = read_label_config(CAT_DOG_CONFIG)
+    korean = Policy.resolve(SETTINGS, config, {"prompt": "이미지를 자세히 설명해 주세요."})
+    assert korean.prompt == "<gro>\n이미지를 자세히 설명해 주세요."
+    item = korean.item("1", {"image": "/data/upload/1/a.png"}, task_id=1)
+    assert item["prompt"] == korean.prompt  # it travels with each job (and keys the cache)
+    assert Policy.from_json(korean.to_json()) == korean
+    assert Policy.resolve(SETTINGS, config).prompt == "<gro>\nDescribe the image in detail."
+    with pytest.raises(PolicyError, match='"prompt" words the grounding request'):
+        Policy.resolve(SETTINGS, OCR_CONFIG, {"prompt": "글자를 읽어 주세요."})
+    with pytest.raises(PolicyError, match='"prompt" must be a string'):
+        parse_extra_params({"prompt": 3})
+
+
+def test_a_cloud_image_is_asked_for_through_label_studio_for_its_task():
+    policy = Policy.resolve(SETTINGS, read_label_config(CAT_DOG_CONFIG))
+    item = policy.item("7", {"image": "s3://bucket/cats/a.png"}, task_id=7)
+    assert item["image"] == "/tasks/7/resolve/?fileuri=czM6Ly9idWNrZXQvY2F0cy9hLnBuZw=="
+    local = policy.item("8", {"image": "/data/upload/1/a.png"}, task_id=8)
+    assert local["image"] == "/data/upload/1/a.png"

@@ -20,12 +20,13 @@ from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.labelstudio.predictions import Conversion, conversion_from_regions
 from varco_labeler.regions import ParserNotes, Region
 from varco_labeler.varco import Box, Task, prompt_for, referring_prompt
+from varco_labeler.varco.prompts import grounding_prompt
 
 if TYPE_CHECKING:
     from varco_labeler.settings import Settings
 
 # The keys users may type into the model's "Extra params" in Label Studio.
-EXTRA_PARAMS = ("task", "question", "fallback_label", "ocr_label", "min_score")
+EXTRA_PARAMS = ("task", "prompt", "question", "fallback_label", "ocr_label", "min_score")
 # What a rectangle drawn in the editor is asked, by the project's task.
 DEFAULT_QUESTIONS = {
     Task.GROUNDING: "Describe {region} in detail.",
@@ -80,7 +81,7 @@ def parse_extra_params(extra: Any) -> dict[str, Any]:
     task = extra.get("task") or None
     if task is not None and task not in BULK_TASKS:
         raise PolicyError(f'extra_params "task" must be "grounding" or "ocr", got {task!r}')
-    for key in ("question", "fallback_label", "ocr_label"):
+    for key in ("prompt", "question", "fallback_label", "ocr_label"):
         if extra.get(key) is not None and not isinstance(extra[key], str):
             raise PolicyError(f'extra_params "{key}" must be a string')
     try:
@@ -132,9 +133,15 @@ class Policy:
             or settings.default_task
             or (config.default_task if config else Task.GROUNDING)
         )
+        instruction = (options.get("prompt") or "").strip()
+        if instruction and kind is not Task.GROUNDING:
+            raise PolicyError(
+                f'extra_params "prompt" words the grounding request; this project runs {kind} '
+                "(its prompt is fixed by the model)"
+            )
         policy = cls(
             task=kind,
-            prompt=prompt or prompt_for(kind),
+            prompt=prompt or (grounding_prompt(instruction) if instruction else prompt_for(kind)),
             model_version=version or settings.version,
             config=config,
             fallback_label=options.get("fallback_label"),

@@ -22,8 +22,13 @@ REGION_PLACEHOLDER = "{region}"
 DEFAULT_REFERRING_QUESTION = "Describe {region} in detail."
 
 
-def grounding_prompt() -> str:
-    return GROUNDING_PROMPT
+def grounding_prompt(instruction: str | None = None) -> str:
+    """``<gro>`` and what to describe; ``instruction`` replaces the English default (a team that
+    wants phrases in Korean: "이미지를 자세히 설명해 주세요.")."""
+    if not instruction:
+        return GROUNDING_PROMPT
+    instruction = instruction.strip()
+    return instruction if instruction.startswith("<gro>") else f"<gro>\n{instruction}"
 
 
 def ocr_prompt() -> str:
