@@ -30,6 +30,7 @@ import httpx
 import pytest
 from PIL import Image
 from projects import COLOURS, make_project
+from real_browser import chromium
 
 from bench.common import spawn
 from varco_labeler.feedback.store import FeedbackStore
@@ -39,32 +40,12 @@ from varco_labeler.varco import Box, Task, referring_prompt
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 OUTPUT = Path(os.environ.get("VARCO_E2E_OUTPUT", REPO / "test-output")) / "editor"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 LS_USER, LS_PASSWORD = "e2e@example.com", "e2e-password-1234"  # conftest's first-start user
 
 # The smart box drawn on the red image: its middle quarter, as fractions of the image.
 DRAWN = Box(0.25, 0.25, 0.75, 0.75)
 REFERRING_ANSWER = "A <obj>red square</obj><bbox>0.25, 0.25, 0.75, 0.75</bbox>."
 CLEAN_ANSWER = "A red square."
-
-
-def _browser_or_fail() -> Any:
-    """Playwright's Python package and Debian's chromium, both installed by scripts/setup.sh."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: run scripts/setup.sh (dev extra)")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no chromium at {CHROMIUM}: run scripts/setup.sh (apt-get install chromium)")
-    return sync_playwright
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -170,13 +151,8 @@ def _task_id(label_studio: Any, project: int) -> int:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_playwright = _browser_or_fail()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 class Editor:
