@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.engine.profiles import DEFAULT_MODEL
 from varco_labeler.labelstudio import LabelConfigError, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
@@ -77,9 +78,10 @@ def _predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         openai_url=args.openai_url,
         profile=args.profile,
+        **loading_flags(args),
     )
     policy = Policy.resolve(settings, task=args.task, prompt=args.prompt)
-    options = {} if settings.openai_url else {"device": args.device, "dtype": args.dtype}
+    options = {} if settings.openai_url else {"device": args.device}
     engine = load_engine(settings, **options)
     records = run_predict(
         engine,
@@ -413,6 +415,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         batch_size=args.batch_size,
         profile=args.profile,
+        **loading_flags(args),
     )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -606,7 +609,7 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     predict.add_argument("--batch-size", type=int, help="default: env VARCO_BATCH_SIZE or 8")
     predict.add_argument("--max-new-tokens", type=int, help="default: the checkpoint profile's")
     predict.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
-    predict.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    add_loading_arguments(predict)
     predict.add_argument(
         "--profile",
         help="checkpoint profile to run the model under, e.g. VARCO-VISION-2.0-1.7B-OCR "
@@ -911,6 +914,7 @@ that much free RAM and disk to build.""",
     serve.add_argument(
         "--profile", help="checkpoint profile, embedded mode (env VARCO_PROFILE; see predict)"
     )
+    add_loading_arguments(serve)
     serve.set_defaults(handler=_serve)
     _add_sync(commands)
     return parser

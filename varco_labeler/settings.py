@@ -77,6 +77,12 @@ class Settings:
     image_timeout: float = 15.0
     # The task when the label config does not decide it: "grounding" or "ocr".
     default_task: str | None = None
+    # How the transformers engine loads the model, in every process that loads it (serve
+    # embedded, varco-worker, predict, prelabel without a queue); flags override.
+    load_dtype: str = "auto"
+    attn_implementation: str | None = None
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
     # `serve` reconciles the feedback store with Label Studio every this many seconds (what
     # `varco-labeler sync --all` does); 0: never (webhooks only, `sync` by hand).
     sync_interval: float = 0.0
@@ -131,6 +137,12 @@ class Settings:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and valid(value)):
                 raise SettingsError(f"{_ENV_NAMES[name]} must be {wanted}, got {value!r}")
+        if self.load_dtype not in LOAD_DTYPES:
+            raise SettingsError(
+                f"VARCO_LOAD_DTYPE={self.load_dtype!r} must be one of {', '.join(LOAD_DTYPES)}"
+            )
+        if self.load_in_4bit and self.load_in_8bit:
+            raise SettingsError("set VARCO_LOAD_IN_4BIT or VARCO_LOAD_IN_8BIT, not both")
         if self.default_task not in (None, "grounding", "ocr"):
             raise SettingsError(f"VARCO_TASK={self.default_task!r} must be grounding or ocr")
         if self.profile is not None:
@@ -178,9 +190,14 @@ _ENV_NAMES = {
     "image_timeout": "VARCO_IMAGE_TIMEOUT",
     "default_task": "VARCO_TASK",
     "sync_interval": "VARCO_SYNC_INTERVAL",
+    "load_dtype": "VARCO_LOAD_DTYPE",
+    "attn_implementation": "VARCO_LOAD_ATTN_IMPLEMENTATION",
+    "load_in_4bit": "VARCO_LOAD_IN_4BIT",
+    "load_in_8bit": "VARCO_LOAD_IN_8BIT",
 }
 assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
 
+LOAD_DTYPES = ("auto", "bfloat16", "float16", "float32")
 _POSITIVE = (lambda value: value > 0, "positive")
 _NOT_NEGATIVE = (lambda value: value >= 0, "0 or more")
 _TCP_PORT = (lambda value: 0 < value < 65536, "a TCP port (1-65535)")

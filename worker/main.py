@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from varco_labeler import jobs
+from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
 from varco_labeler.settings import Settings, SettingsError
 from worker.heartbeat import HeartbeatWorker
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint profile (env VARCO_PROFILE; default: the one saved with the model, "
         "else by its name)",
     )
+    add_loading_arguments(parser)
     parser.add_argument("--name", help="worker name shown in /health (default: host and pid)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             queue_name=args.queue_name,
             batch_size=args.batch_size,
             profile=args.profile,
+            **loading_flags(args),
         )
     except SettingsError as error:
         print(f"varco-worker: {error}", file=sys.stderr)

@@ -3,11 +3,12 @@ and `predict`, so they all load the same model under the same profile and versio
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from varco_labeler.engine.base import Engine
 from varco_labeler.engine.profiles import profile_for
-from varco_labeler.settings import Settings
+from varco_labeler.settings import LOAD_DTYPES, Settings
 
 
 def load_engine(settings: Settings, **options: Any) -> Engine:
@@ -26,10 +27,50 @@ def load_engine(settings: Settings, **options: Any) -> Engine:
         )
     from varco_labeler.engine.transformers_engine import TransformersEngine  # torch: only here
 
+    loading = {
+        "dtype": settings.load_dtype,
+        "attn_implementation": settings.attn_implementation,
+        "load_in_4bit": settings.load_in_4bit,
+        "load_in_8bit": settings.load_in_8bit,
+    }
     return TransformersEngine(
         settings.model,
         max_batch_size=settings.batch_size,
         model_version=settings.version,
         profile=profile,
-        **options,
+        **(loading | options),
     )
+
+
+def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say how the model is loaded (each overrides its VARCO_LOAD_* variable)."""
+    loading = parser.add_argument_group("loading the model (transformers)")
+    loading.add_argument(
+        "--dtype",
+        dest="load_dtype",
+        choices=LOAD_DTYPES,
+        help="weights' dtype (env VARCO_LOAD_DTYPE; default auto: the checkpoint's)",
+    )
+    loading.add_argument(
+        "--attn-implementation",
+        help="sdpa, flash_attention_2, eager (env VARCO_LOAD_ATTN_IMPLEMENTATION)",
+    )
+    bits = loading.add_mutually_exclusive_group()
+    bits.add_argument(
+        "--load-in-4bit",
+        action="store_const",
+        const=True,
+        help="4-bit weights with bitsandbytes, on a GPU (env VARCO_LOAD_IN_4BIT)",
+    )
+    bits.add_argument(
+        "--load-in-8bit",
+        action="store_const",
+        const=True,
+        help="8-bit weights with bitsandbytes, on a GPU (env VARCO_LOAD_IN_8BIT)",
+    )
+
+
+def loading_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The loading flags given, as Settings overrides."""
+    names = ("load_dtype", "attn_implementation", "load_in_4bit", "load_in_8bit")
+    return {name: getattr(args, name, None) for name in names}
