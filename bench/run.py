@@ -4,8 +4,9 @@
     .venv/bin/python -m bench --quick              # smaller runs (a few minutes)
     .venv/bin/python -m bench --only overhead,parse --json out.json --markdown out.md
 
-Benchmarks: overhead, batching, bulk, parse, memory (DESIGN.md section 9), and pipeline (a
-simulated GPU: is the GPU kept busy? bench/pipeline.py). Each measures its
+Benchmarks: overhead, batching, bulk, parse, memory (DESIGN.md section 9), pipeline (a
+simulated GPU: is the GPU kept busy? bench/pipeline.py), and interactive (a box drawn in the
+editor while the worker is busy with bulk work, bench/interactive.py). Each measures its
 alternatives side by side in one run, so their ratios come from the same conditions. ``bulk``
 starts a real Label Studio 1.23.2 from .ls-venv (scripts/install_label_studio.sh, run here if
 needed), and so does ``pipeline``. Nothing asserts a timing: the numbers are for reading.
@@ -62,6 +63,11 @@ def _benchmarks() -> dict[str, Callable[[Context], Report]]:
 
         return pipeline.run(ctx)
 
+    def interactive(ctx: Context) -> Report:
+        from bench import interactive
+
+        return interactive.run(ctx)
+
     return {
         "overhead": overhead,
         "batching": batching,
@@ -69,6 +75,7 @@ def _benchmarks() -> dict[str, Callable[[Context], Report]]:
         "parse": parse,
         "memory": memory,
         "pipeline": pipeline,
+        "interactive": interactive,
     }
 
 
