@@ -219,6 +219,8 @@ def prelabel_batch(
     push = BackgroundPush(context.label_studio(), project, may_have_landed=rerun)
     records: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
+    done: set[int] = set()
+    continued: dict[str, Any] | None = None
     try:
         for chunk in predict_stream(items):
             predictions, chunk_failed = convert_batch(
@@ -227,10 +229,41 @@ def prelabel_batch(
             failed.update(chunk_failed)
             push.add([{"task": p.record.task_id, **p.prediction} for p in predictions])
             records += [p.record.to_json() for p in predictions]
+            done.update(index for index, _ in chunk)
+            if len(done) < len(items) and job is not None and _someone_waits(context, job):
+                rest = [item for index, item in enumerate(items) if index not in done]
+                continued = _continue_later(context.settings, project, policy_json, rest)
+                break
         pushed, present = push.finish()
     finally:
         push.close(drop_waiting=True)  # after an error: wait for a push in flight, no more
-    return {"pushed": pushed, "present": present, "failed": failed, "records": records}
+    outcome = {"pushed": pushed, "present": present, "failed": failed, "records": records}
+    return outcome | ({"continued": continued} if continued else {})
+
+
+def _someone_waits(context: JobContext, job: Any) -> bool:
+    """An interactive job is queued: someone waits in the editor for a drawn box."""
+    from rq import Queue
+
+    from varco_labeler.queue import Priority, queue_name
+
+    name = queue_name(context.settings.queue_name, Priority.HIGH)
+    return Queue(name, connection=job.connection).count > 0
+
+
+def _continue_later(
+    settings: Settings, project: int, policy_json: dict[str, Any], rest: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The rest of a prelabel job as a new job at the front of the bulk queue: the worker takes
+    the waiting interactive job first, then carries on here. A job gives way between its GPU
+    batches, so a drawn box waits for one batch, not for a whole bulk job."""
+    from varco_labeler.queue import RQDispatcher
+
+    (later,) = RQDispatcher(settings).submit(
+        PRELABEL_BATCH, [(project, policy_json, rest)], at_front=True
+    )
+    log.info("interactive work waits: %d task(s) left for job %s", len(rest), later.id)
+    return {"job": later.id, "tasks": [item["task_id"] for item in rest]}
 
 
 @dataclass(frozen=True)

@@ -179,14 +179,22 @@ class _QueueRun:
         }
         self.open = {job.id: job for job in submitted}
 
-    def outcomes(self, waiting: list[Any] | None = None) -> Iterator[dict[str, Any]]:
-        for job, value, error in self.dispatcher.completions(waiting or list(self.open.values())):
-            del self.open[job.id]
-            ids = self.task_ids[job.id]
-            if error:
-                yield {"count": len(ids), "failed": {str(t): error for t in ids}}
-            else:
-                yield {"count": len(ids), **value}
+    def outcomes(self, *, stopping: bool = False) -> Iterator[dict[str, Any]]:
+        """Each job's outcome as it finishes. A job that gave way to interactive work names the
+        job that carries on with the rest of its tasks: that one is followed too (cancelled
+        instead when the run is stopping)."""
+        while self.open:
+            for job, value, error in self.dispatcher.completions(list(self.open.values())):
+                del self.open[job.id]
+                ids = self.task_ids.pop(job.id)
+                if error:
+                    yield {"count": len(ids), "failed": {str(t): error for t in ids}}
+                    continue
+                later = value.pop("continued", None)
+                yield {"count": len(ids) - len(later["tasks"]) if later else len(ids), **value}
+                if later:
+                    self._follow(later, stopping)
+                    break  # wait again, with the job that carries on
 
     def stop(self) -> Iterator[dict[str, Any]]:
         """Cancel the jobs no worker has started, then wait for the running ones to push.
@@ -207,7 +215,14 @@ class _QueueRun:
             len(self.open),
         )
         if self.open:
-            yield from self.outcomes(list(self.open.values()))
+            yield from self.outcomes(stopping=True)
+
+    def _follow(self, later: dict[str, Any], stopping: bool) -> None:
+        job = self.dispatcher.fetch(later["job"])
+        if stopping and self.dispatcher.cancel_queued([job]):
+            return
+        self.open[job.id] = job
+        self.task_ids[job.id] = later["tasks"]
 
 
 def _safely(project: int, policy: dict[str, Any], batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -132,9 +132,11 @@ class RQDispatcher:
         calls: Sequence[tuple[Any, ...]],
         priority: Priority | None = None,
         job_ids: Sequence[str] | None = None,
+        *,
+        at_front: bool = False,
     ) -> list[Job]:
         """Enqueue one job per argument tuple, in one round trip. ``priority``: prelabel jobs
-        default to LOW, the others to NORMAL."""
+        default to LOW, the others to NORMAL; ``at_front``: ahead of that queue's others."""
         s = self.settings
         if priority is None:
             priority = Priority.LOW if function == PRELABEL_BATCH else Priority.NORMAL
@@ -148,6 +150,7 @@ class RQDispatcher:
                 failure_ttl=s.result_ttl,
                 retry=Retry(max=s.job_retries) if s.job_retries else None,
                 job_id=job_id,
+                at_front=at_front,
             )
             for args, job_id in zip(calls, ids, strict=True)
         ]
@@ -303,6 +306,10 @@ class RQDispatcher:
         """The model version the workers run (outputs depend on it), else this process's."""
         versions = sorted(set(self.model_versions().values()))
         return ",".join(versions) or self.settings.version
+
+    def fetch(self, job_id: str) -> Job:
+        """A job by id (one a worker enqueued, such as a prelabel job's continuation)."""
+        return Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
 
     def cancel_queued(self, jobs: Sequence[Job]) -> list[str]:
         """Cancel jobs no worker has started (running ones go on); returns their ids."""
