@@ -4,6 +4,7 @@ and ``varco``, our command line as a user runs it."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,12 @@ def connect(ls_client: Any, project: int, backend: Any, **settings: Any) -> None
             if "timed out" not in str(error.body) or attempt == 3:
                 raise
     assert ls_client.ml.get(id=ml.id).state == "CO"
+
+
+def export_llava(env: dict[str, str], out: Path, *source: str) -> list[dict[str, Any]]:
+    """``varco-labeler export SOURCE --format llava`` (no validation split): its records."""
+    done = varco(
+        env, "export", *source, "--format", "llava", "--out", str(out), "--val-fraction", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "train.json").read_text())

@@ -11,7 +11,6 @@ URLs on and off, and the backend resolves every task's object through Label Stud
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import httpx
 import pytest
 from PIL import Image
 from processes import Processes, RedisProcess, free_port
-from projects import COLOURS, connect, varco
+from projects import COLOURS, connect, export_llava, varco
 
 from varco_labeler.labelstudio.templates import label_config
 
@@ -167,12 +166,7 @@ def test_cloud_tasks_are_predicted_by_retrieve_and_by_prelabel(
     red = next(t for t in tasks_of(api, retrieved) if t["data"]["image"].endswith("red.png"))
     ls_client.annotations.create(red["id"], result=red["predictions"][0]["result"])
     out = tmp_path / "llava"
-    exported = varco(
-        own_backend.env, "export", "label-studio", "--project", str(retrieved),
-        "--format", "llava", "--out", str(out), "--val-fraction", "0",
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr
-    (record,) = json.loads((out / "train.json").read_text())
+    (record,) = export_llava(own_backend.env, out, "label-studio", "--project", str(retrieved))
     with Image.open(out / record["image"]) as image:
         assert image.size == (48, 40) and image.convert("RGB").getpixel((0, 0)) == COLOURS["red"]
 

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from projects import connect, make_project, varco
+from projects import connect, export_llava, make_project, varco
 
 from varco_labeler.feedback.pairing import STARTED_FROM, PairingStats
 from varco_labeler.feedback.sources import examples_from_store
@@ -232,13 +232,7 @@ def test_forged_webhooks_store_nothing(
         store.close()
     assert "http://evil.example/x.png" not in images
 
-    out = tmp_path / "export"
-    exported = varco(
-        own_backend.env, "export", "store", "--project", str(served),
-        "--format", "llava", "--out", str(out), "--val-fraction", "0",
-    )  # fmt: skip
-    assert exported.returncode == 0, exported.stderr
-    records = json.loads((out / "train.json").read_text())
+    records = export_llava(own_backend.env, tmp_path / "export", "store", "--project", str(served))
     assert len(records) == 1
     assert "0.7" not in json.dumps(records)  # the forged box (x=70%) reached no export
 
