@@ -9,7 +9,8 @@ simulated GPU: is the GPU kept busy? bench/pipeline.py), and interactive (a box 
 editor while the worker is busy with bulk work, bench/interactive.py). Each measures its
 alternatives side by side in one run, so their ratios come from the same conditions. ``bulk``
 starts a real Label Studio 1.23.2 from .ls-venv (scripts/install_label_studio.sh, run here if
-needed), and so does ``pipeline``. Nothing asserts a timing: the numbers are for reading.
+needed), and so do ``pipeline`` and ``interactive``. Nothing asserts a timing: the numbers
+are for reading.
 """
 
 from __future__ import annotations

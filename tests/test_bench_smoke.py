@@ -117,20 +117,26 @@ def test_pipeline_with_a_simulated_gpu(tmp_path: Path) -> None:
     assert positive(gpu["engine_images_per_s"], gpu["fixed_s"], gpu["per_image_s"])
 
 
+@pytest.mark.timeout(900)
 def test_interactive_behind_bulk_work(tmp_path: Path) -> None:
+    if os.environ.get("VARCO_SKIP_E2E", "").lower() in ("1", "true", "yes"):
+        pytest.skip("VARCO_SKIP_E2E is set: no real Label Studio")
     data = run_bench("interactive", tmp_path)
     assert data["idle"]["calls"] == 3
-    for run in (data, data["one_batch_jobs"]):
-        assert run["busy"]["calls"] == len(run["samples"]) == 3
-        assert positive(run["busy"]["p50_ms"], run["busy"]["p95_ms"], *run["ratio"].values())
-        # By order, never by time: bulk jobs were still queued behind each interactive request,
-        # and none of them (the queue's head excepted, which the worker may take between our
-        # look and the enqueue) started before the interactive job.
-        for sample in run["samples"]:
-            assert sample["bulk_jobs_queued"] >= 2
-            assert sample["bulk_jobs_run_first"] == 0
+    assert data["busy"]["calls"] == len(data["samples"]) == 3
+    assert positive(data["busy"]["p50_ms"], data["busy"]["p95_ms"], *data["ratio"].values())
+    # By order, never by time: bulk jobs were still queued behind each interactive request,
+    # and none of them (the queue's head excepted, which the worker may take between our look
+    # and the enqueue) started before the interactive job.
+    for sample in data["samples"]:
+        assert sample["bulk_jobs_queued"] >= 2
+        assert sample["bulk_jobs_run_first"] == 0
     assert positive(data["idle"]["p50_ms"], data["idle"]["p95_ms"])
-    assert data["bulk"]["queue"] == "varco-low" and data["bulk"]["tasks"] > 0
+    bulk = data["bulk"]
+    assert bulk["queue"] == "varco-low" and bulk["tasks"] > 0
+    # The bulk work was a real prelabel run (it checked every task landed in Label Studio);
+    # whether a running job gave way depends on timing, so only its count's sanity is checked.
+    assert "prelabel" in bulk["enqueued_by"] and bulk["continuations"] >= 0
     assert data["target"] == 1.5 and isinstance(data["target_met"], bool)
     gpu = data["gpu"]
     assert positive(gpu["batch_s"], gpu["fixed_s"], gpu["per_image_s"], gpu["batch_size"])
