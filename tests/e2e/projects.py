@@ -58,7 +58,7 @@ def varco(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.C
     )
 
 
-def connect(ls_client: Any, project: int, backend: Any, **settings: Any) -> None:
+def connect(ls_client: Any, project: int, url: str, **settings: Any) -> None:
     """Settings > Model > Connect model (``settings``: extra_params and the like); Label Studio
     calls the backend's /setup and adds its webhook. Label Studio gives /setup 3 s: on a loaded
     two-core machine a connection may time out, and is tried again, as a user would."""
@@ -66,9 +66,7 @@ def connect(ls_client: Any, project: int, backend: Any, **settings: Any) -> None
 
     for attempt in range(4):
         try:
-            ml = ls_client.ml.create(
-                project=project, url=backend.url, title="VARCO-VISION", **settings
-            )
+            ml = ls_client.ml.create(project=project, url=url, title="VARCO-VISION", **settings)
             break
         except ApiError as error:
             if "timed out" not in str(error.body) or attempt == 3:

@@ -149,7 +149,7 @@ def test_cloud_tasks_are_predicted_by_retrieve_and_by_prelabel(
     prelabelled = cloud_project(api, bucket, f"cloud prelabel {presign}", presign)
     assert all(t["data"]["image"].startswith("s3://") for t in tasks_of(api, retrieved))
     for project in (retrieved, prelabelled):
-        connect(ls_client, project, own_backend)
+        connect(ls_client, project, own_backend.url)
     answer = api.post(
         "/api/dm/actions",
         params={"id": "retrieve_tasks_predictions", "project": retrieved},
@@ -176,7 +176,7 @@ def test_a_deleted_object_fails_its_task_alone_and_no_signature_is_shown(
 ) -> None:
     api = label_studio.api()
     project = cloud_project(api, bucket, "cloud deleted object", True)
-    connect(ls_client, project, own_backend)
+    connect(ls_client, project, own_backend.url)
     bucket.client.delete_object(Bucket=bucket.name, Key=f"project-{project}/blue.png")
     done = varco(own_backend.env, "prelabel", "--project", str(project))
     assert done.returncode == 1, done.stderr  # a task failed

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from projects import COLOURS, make_project
+from projects import COLOURS, connect, make_project
 from real_browser import chromium
 
 from bench.common import spawn
@@ -127,20 +127,6 @@ def _printed_config(kind: str, *labels: str) -> str:
     if labels:
         argv += ["--labels", ",".join(labels)]
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-
-
-def _connect(ls_client: Any, project: int, url: str) -> None:
-    """Settings > Model > Connect model, with interactive pre-annotations on. Label Studio gives
-    /setup 3 s; a loaded 2-core machine can miss that once, so connecting is tried again."""
-    for attempt in range(4):
-        try:
-            ml = ls_client.ml.create(project=project, url=url, title="VARCO", is_interactive=True)
-            assert ls_client.ml.get(id=ml.id).state == "CO"
-            return
-        except Exception:
-            if attempt == 3:
-                raise
-            time.sleep(2)
 
 
 def _task_id(label_studio: Any, project: int) -> int:
@@ -245,7 +231,7 @@ def test_prelabelled_task_shows_the_models_boxes_and_a_correction_reaches_the_st
     project = make_project(
         label_studio, ls_client, "editor: grounding", 1, config, {"red": COLOURS["red"]}
     )
-    _connect(ls_client, project, url)
+    connect(ls_client, project, url, is_interactive=True)
     _retrieve_predictions(label_studio, project)
     (prediction,) = ls_client.predictions.list(project=project)
     (stored_box,) = _by_type(prediction.result, "rectanglelabels")
@@ -285,7 +271,7 @@ def test_box_drawn_with_the_smart_tool_gets_the_models_clean_answer_in_its_text(
     project = make_project(
         label_studio, ls_client, "editor: referring", 1, config, {"red": COLOURS["red"]}
     )
-    _connect(ls_client, project, url)
+    connect(ls_client, project, url, is_interactive=True)
     task = _task_id(label_studio, project)
 
     # The editor takes whole pixels from the mouse: on an image shown over 1,000 px wide and

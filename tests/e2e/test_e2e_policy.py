@@ -98,7 +98,7 @@ def twin_projects(label_studio, ls_client, backend, our_env) -> Iterator[tuple[i
     retrieved = make_project(label_studio, ls_client, "policy: retrieve", 4, POLICY_CONFIG)
     prelabelled = make_project(label_studio, ls_client, "policy: prelabel", 4, POLICY_CONFIG)
     for project in (retrieved, prelabelled):
-        connect(ls_client, project, backend, extra_params=EXTRA_PARAMS)
+        connect(ls_client, project, backend.url, extra_params=EXTRA_PARAMS)
     answer = label_studio.api().post(
         "/api/dm/actions",
         params={"id": "retrieve_tasks_predictions", "project": retrieved},

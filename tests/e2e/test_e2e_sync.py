@@ -91,7 +91,7 @@ def test_sync_recovers_what_was_done_while_the_backend_was_down(
 ) -> None:
     api = label_studio.api()
     project = make_project(label_studio, ls_client, "sync: fault", 8)
-    connect(ls_client, project, own_backend)
+    connect(ls_client, project, own_backend.url)
     prelabelled = varco(own_backend.env, "prelabel", "--project", str(project))
     assert prelabelled.returncode == 0, prelabelled.stderr
     tasks = sorted(t.id for t in ls_client.tasks.list(project=project))
@@ -177,7 +177,7 @@ def test_forged_webhooks_store_nothing(
     label_studio, ls_client, own_backend: BackendServer, tmp_path
 ) -> None:
     served = make_project(label_studio, ls_client, "sync: served", 2)
-    connect(ls_client, served, own_backend)
+    connect(ls_client, served, own_backend.url)
     stranger = make_project(label_studio, ls_client, "sync: never set up", 1)
     (stranger_task,) = [t.id for t in ls_client.tasks.list(project=stranger)]
     real_stranger = ls_client.annotations.create(stranger_task, result=[box("Dog")])
@@ -241,7 +241,7 @@ def test_an_annotation_pairs_with_the_prediction_it_was_made_from(
     label_studio, ls_client, own_backend: BackendServer
 ) -> None:
     project = make_project(label_studio, ls_client, "sync: pairing", 1)
-    connect(ls_client, project, own_backend)
+    connect(ls_client, project, own_backend.url)
     (task,) = [t.id for t in ls_client.tasks.list(project=project)]
     version_a = ls_client.predictions.create(
         task=task, result=[box("Dog")], model_version="version-A", score=0.4
@@ -266,7 +266,7 @@ def test_a_restarted_backend_catches_up_by_itself_with_a_sync_interval(
     label_studio, ls_client, own_backend: BackendServer
 ) -> None:
     project = make_project(label_studio, ls_client, "sync: interval", 1)
-    connect(ls_client, project, own_backend)
+    connect(ls_client, project, own_backend.url)
     (task,) = [t.id for t in ls_client.tasks.list(project=project)]
     own_backend.stop()
     made = ls_client.annotations.create(task, result=[box("Dog")])  # its webhook is lost

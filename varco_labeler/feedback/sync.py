@@ -70,11 +70,6 @@ class SyncReport:
     gone_tasks: int = 0
     changes: TaskChanges = field(default_factory=TaskChanges)
 
-    @property
-    def changed(self) -> bool:
-        c = self.changes
-        return bool(c.added or c.updated or c.deleted or c.predictions or self.gone_tasks)
-
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "changes": asdict(self.changes)}
 

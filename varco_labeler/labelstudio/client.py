@@ -172,18 +172,6 @@ class LabelStudioClient:
         return self.get(f"/api/annotations/{int(annotation_id)}/")
 
     # -- lists -----------------------------------------------------------------------------
-    def projects(self) -> Iterator[dict[str, Any]]:
-        """Every project the key can see."""
-        page = 1
-        while True:
-            body = self.get("/api/projects/", params={"page": page, "page_size": PAGE_SIZE})
-            if body is None:  # past the last page
-                return
-            yield from body.get("results") or []
-            if not body.get("next"):
-                return
-            page += 1
-
     def task_count(self, project_id: int, *, updated_since: datetime | None = None) -> int:
         """How many tasks :meth:`tasks` would give (for a progress bar)."""
         params = {
