@@ -241,9 +241,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from varco_labeler.feedback.evaluate import EvaluateError, evaluate
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = {"openai_url": args.openai_url, "profile": args.profile}
+    settings = {"openai_url": args.openai_url, "profile": args.profile, **loading_flags(args)}
     _settings(model=args.model, **settings)  # a wrong setting ends here (status 2)
-    options = {} if args.openai_url else _load_options(args)
+    options = {} if args.openai_url else {"device": args.device}
     try:
         result = evaluate(
             args.model,
@@ -267,17 +267,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         + (f", OCR CER {result['ocr']['cer']:.3f}" if (result["ocr"] or {}).get("cer") else "")
     )
     return 0
-
-
-def _load_options(args: argparse.Namespace) -> dict[str, object]:
-    """How the model is loaded, as for predict and the worker."""
-    return {
-        "device": args.device,
-        "dtype": args.dtype,
-        "attn_implementation": args.attn_implementation,
-        "load_in_4bit": args.load_in_4bit,
-        "load_in_8bit": args.load_in_8bit,
-    }
 
 
 def _annotation_filter(args: argparse.Namespace) -> object:
@@ -884,11 +873,7 @@ that much free RAM and disk to build.""",
     evaluate.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     evaluate.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     evaluate.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
-    evaluate.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
-    evaluate.add_argument("--attn-implementation", help="eager, sdpa, flash_attention_2")
-    quantised = evaluate.add_mutually_exclusive_group()
-    quantised.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes, CUDA")
-    quantised.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes, CUDA")
+    add_loading_arguments(evaluate)
     evaluate.add_argument("--profile", help="checkpoint profile (env VARCO_PROFILE; see predict)")
     evaluate.add_argument(
         "--openai-url", metavar="URL", help="an OpenAI-compatible server (vLLM) serving the model"
