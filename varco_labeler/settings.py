@@ -86,6 +86,11 @@ class Settings:
     # `serve` reconciles the feedback store with Label Studio every this many seconds (what
     # `varco-labeler sync --all` does); 0: never (webhooks only, `sync` by hand).
     sync_interval: float = 0.0
+    # A worker serves Prometheus metrics on this port (the backend at /metrics); 0: off.
+    metrics_port: int = 0
+    # A queue job whose engine reports no progress (a batch, a generation step) for this many seconds
+    # is failed and requeued, and its worker restarts; 0: never.
+    job_stall_timeout: float = 0.0
 
     def __repr__(self) -> str:
         shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr]
@@ -194,6 +199,8 @@ _ENV_NAMES = {
     "attn_implementation": "VARCO_LOAD_ATTN_IMPLEMENTATION",
     "load_in_4bit": "VARCO_LOAD_IN_4BIT",
     "load_in_8bit": "VARCO_LOAD_IN_8BIT",
+    "metrics_port": "VARCO_METRICS_PORT",
+    "job_stall_timeout": "VARCO_JOB_STALL_TIMEOUT",
 }
 assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
 
@@ -216,12 +223,22 @@ _NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_image_pixels": _POSITIVE,
     "image_timeout": _POSITIVE,
     "sync_interval": _NOT_NEGATIVE,
+    "metrics_port": (lambda value: 0 <= value < 65536, "0 (off) or a TCP port"),
+    "job_stall_timeout": _NOT_NEGATIVE,
 }
 assert set(_NUMBER_RULES) == {
     f.name
     for f in fields(Settings)
     if isinstance(f.default, int | float) and not isinstance(f.default, bool)
 }, "every number setting needs a rule in _NUMBER_RULES"
+
+
+def reveal(secret: object) -> str | None:
+    """A secret setting's plain value, for the one place that sends it (None when unset)."""
+    if secret is None:
+        return None
+    getter = getattr(secret, "get_secret_value", None)
+    return getter() if getter else str(secret)
 
 
 def _without_password(url: str | None) -> str | None:
