@@ -161,15 +161,17 @@ def latency_summary(seconds: Sequence[float], tasks: int) -> dict[str, float]:
 
 
 def rate(function: Callable[[], object], min_seconds: float, rounds: int = 3) -> float:
-    """Calls per second of ``function``: the median of ``rounds`` rounds of >= min_seconds each."""
+    """Calls per second of ``function`` on one core: calls per second of this process's CPU time
+    (on a shared machine wall time counts other processes' turns), the median of ``rounds``
+    rounds of >= min_seconds each."""
     function()  # warm-up
     rates = []
     for _ in range(rounds):
-        calls, started = 0, time.perf_counter()
+        calls, started = 0, time.process_time()
         while True:
             function()
             calls += 1
-            elapsed = time.perf_counter() - started
+            elapsed = time.process_time() - started
             if elapsed >= min_seconds:
                 break
         rates.append(calls / elapsed)

@@ -34,6 +34,9 @@ COPY varco_labeler ./varco_labeler
 COPY worker ./worker
 # The worker install, exactly as the README gives it: transformers, accelerate (torch is there).
 RUN pip install ".[worker]"
+# EXTRAS=train for the `loop` service (it fine-tunes): trl, peft, datasets.
+ARG EXTRAS=""
+RUN if [ -n "$EXTRAS" ]; then pip install ".[worker,$EXTRAS]"; fi
 
 RUN useradd --create-home --uid 10001 varco \
     && mkdir -p /data/hf /data/varco \

@@ -46,16 +46,19 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class RedisProcess:
-    """A redis-server on a free port that tests may stop and start again."""
+    """A redis-server on a free port that tests may stop and start again; with ``password``,
+    it requires it (``--requirepass``) and ``url`` carries it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.directory = directory
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{self.password}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         server = shutil.which("redis-server")
@@ -73,10 +76,11 @@ class RedisProcess:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
         )
-        wait_until(lambda: Redis(port=self.port).ping(), 10, "redis-server")
+        wait_until(lambda: Redis.from_url(self.url).ping(), 10, "redis-server")
 
     def stop(self) -> None:
         if self.process is not None:

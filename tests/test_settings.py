@@ -3,9 +3,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from varco_labeler.engine.profiles import GENERIC, PROFILE_FILE, PROFILES, profile_for
-from varco_labeler.settings import Settings, SettingsError
+from varco_labeler.settings import Settings, SettingsError, reveal
 
 
 def test_defaults_and_environment_names():
@@ -163,3 +164,55 @@ def test_a_trained_model_reports_the_version_train_gave_it(tmp_path):
     (model / "train_summary.json").write_text('{"model_version": "tiny+sft-1a2b3c4d"}')
     assert Settings(model=str(model)).version == "tiny+sft-1a2b3c4d"
     assert Settings(model=str(model), model_version="pinned").version == "pinned"
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_env_file(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(
+        "PORT=7001\nVARCO_BATCH_SIZE=3\nLABEL_STUDIO_API_KEY=key-from-file\n# a comment\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PORT", "7002")
+    monkeypatch.delenv("VARCO_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    settings = Settings.from_env()
+    assert (settings.port, settings.batch_size) == (7002, 3)
+    assert reveal(settings.label_studio_api_key) == "key-from-file"
+    assert Settings.from_env(port=7003, batch_size=None).port == 7003  # None: the flag is unset
+    # A mapping given to from_env replaces the environment and the file.
+    assert Settings.from_env({}).port == 9090
+
+
+def test_secrets_are_revealed_only_on_request():
+    settings = Settings.from_env(
+        {
+            "LABEL_STUDIO_API_KEY": "tok-123",
+            "BASIC_AUTH_USER": "a",
+            "BASIC_AUTH_PASS": "pw-456",
+            "VARCO_DATABASE_URL": "postgresql+psycopg://ann:db-pw-1@db/varco?sslpassword=x",
+        }
+    )
+    shown = f"{settings} {settings!r} {settings.database_url} {settings.label_studio_api_key}"
+    assert "tok-123" not in shown and "pw-456" not in shown and "db-pw-1" not in shown
+    assert "postgresql+psycopg://ann:***@db/varco?..." in shown
+    assert reveal(settings.label_studio_api_key) == "tok-123"
+    assert (
+        reveal(settings.database_url) == "postgresql+psycopg://ann:db-pw-1@db/varco?sslpassword=x"
+    )
+    assert reveal(None) is None
+
+
+def test_a_wrong_url_is_named_without_its_password():
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"REDIS_URL": "http://:redis-pw@queue:6379/0"})
+    assert str(error.value) == "REDIS_URL='http://:***@queue:6379/0' must start with redis://"
+
+
+def test_settings_are_immutable_and_a_changed_copy_is_checked_again():
+    settings = Settings.from_env({"REDIS_URL": "redis://:pw@queue:6379/0"})
+    with pytest.raises(ValidationError):
+        settings.port = 1  # type: ignore[misc]
+    changed = settings.replace(local_image_roots=(Path("/srv/images"),))
+    assert changed.local_image_roots == (Path("/srv/images"),)
+    assert reveal(changed.redis_url) == "redis://:pw@queue:6379/0"
+    with pytest.raises(SettingsError, match="VARCO_BATCH_SIZE must be positive, got 0"):
+        settings.replace(batch_size=0)

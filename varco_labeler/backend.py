@@ -33,9 +33,12 @@ from varco_labeler.labelstudio import (
     read_label_config,
 )
 from varco_labeler.labelstudio.labels import LabelMapper
+from varco_labeler.metrics import BackendMetrics, QueueCollector
 from varco_labeler.policy import PHRASE_PROMPT, Policy, PolicyError, parse_extra_params
-from varco_labeler.queue import Dispatcher, Priority
+from varco_labeler.queue import Dispatcher, Priority, RQDispatcher
 from varco_labeler.regions import Region
+from varco_labeler.releases import Release, ReleaseChannel, ReleaseError
+from varco_labeler.runs import active_runs
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
 from varco_labeler.varco.prompts import answer_text
@@ -70,6 +73,7 @@ class Backend:
         self.settings = settings
         self.dispatcher = dispatcher
         self.feedback = feedback
+        self.releases = ReleaseChannel.for_settings(settings)
         self._extra_params: dict[str, dict[str, Any]] = {}
         self._served: dict[str, str | None] = {}  # project -> label config registered
         self._lock = threading.Lock()
@@ -77,6 +81,8 @@ class Backend:
         self.last_problem: str | None = None
         self.started = time.time()
         self.pending_tasks = 0
+        self.metrics = BackendMetrics()
+        self.metrics.watch(QueueCollector(dispatcher.status))
         # (project, task id) -> ids of the drawn regions answered, most recent task last.
         self._answered: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
 
@@ -86,11 +92,13 @@ class Backend:
         with self._lock:
             if self.pending_tasks + tasks > self.settings.max_pending_tasks:
                 self.counters["refused"] += tasks
+                self.metrics.tasks_refused.labels("busy").inc(tasks)
                 raise Busy(
                     f"busy: {self.pending_tasks} tasks pending, limit "
                     f"{self.settings.max_pending_tasks} (VARCO_MAX_PENDING_TASKS); retry later"
                 )
             self.pending_tasks += tasks
+        self.metrics.tasks_admitted.inc(tasks)
         try:
             yield
         finally:
@@ -102,7 +110,19 @@ class Backend:
     def model_version(self) -> str:
         """The version predictions will carry: the workers' when they all run one."""
         versions = set(self.dispatcher.model_versions().values())
-        return versions.pop() if len(versions) == 1 else self.settings.version
+        if len(versions) == 1:
+            return versions.pop()
+        # None running, or some still on the previous release: the one they are moving to.
+        current = self._release()[0]
+        return current.version if current else self.settings.version
+
+    def _release(self) -> tuple[Release | None, dict[str, str]]:
+        """The current model release (None: none published) and why workers could not load it."""
+        try:
+            return self.releases.current(), self.releases.load_errors()
+        except ReleaseError as error:
+            log.warning("%s", error)
+            return None, {}
 
     def setup(self, project: str | None, schema: str | None, extra_params: Any) -> dict[str, Any]:
         try:
@@ -145,7 +165,11 @@ class Backend:
         deadline: float | None = None,
     ) -> dict[str, Any]:
         """``deadline``: seconds left to wait for the model (default VARCO_PREDICT_DEADLINE)."""
-        policy = self.policy(project, label_config)
+        try:
+            policy = self.policy(project, label_config)
+        except BadRequest:
+            self.metrics.tasks_refused.labels("invalid").inc(len(tasks))
+            raise
         works, results = self._plan(tasks, policy, _project_id(project), context)
         wait = self.settings.predict_deadline if deadline is None else deadline
         # Someone waits in the editor for the answer about what they drew: it goes first.
@@ -160,16 +184,27 @@ class Backend:
 
     def health(self) -> dict[str, Any]:
         queue = self.dispatcher.status()
+        workers = self.dispatcher.model_versions()
+        current, errors = self._release()
         healthy = queue.get("redis", "ok") == "ok"
         return {
             "status": "UP" if healthy else "DEGRADED",
             "model_class": "VarcoVision",
             "model_version": self.model_version,
-            "worker_versions": self.dispatcher.model_versions(),
+            "worker_versions": workers,
+            "release": {
+                "current": current.to_json() if current else None,
+                # A worker that could not load the current release runs its previous model.
+                "load_errors": {name: why for name, why in errors.items() if name in workers},
+            },
             "mode": "embedded" if self.settings.embedded else "queue",
             "queue": queue,
             "tasks": dict(self.counters),
             "pending_tasks": self.pending_tasks,
+            # Prelabel runs under way (recorded in Redis: none in the embedded mode).
+            "prelabel_runs": active_runs(self.dispatcher.redis)
+            if isinstance(self.dispatcher, RQDispatcher)
+            else [],
             "last_problem": self.last_problem,
             "uptime_s": round(time.time() - self.started),
         }
@@ -220,6 +255,7 @@ class Backend:
                 else:
                     works.append(_Work(index, policy.item(key, data, **record)))
             except PolicyError as error:
+                self.metrics.tasks_refused.labels("policy").inc()
                 self._problem(f"task {task.get('id')}: {error}")
         return works, results
 

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from varco_labeler import doctor, releases, runs
+from varco_labeler.engine.availability import add_allow_cpu_argument
 from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.engine.profiles import DEFAULT_MODEL
-from varco_labeler.labelstudio import LabelConfigError, read_label_config
+from varco_labeler.feedback import loop_commands
+from varco_labeler.labelstudio import LabelConfigError, ordering, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
 
 if TYPE_CHECKING:
@@ -61,7 +64,11 @@ def _convert(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+_PREDICT_AGAIN = "varco-labeler predict IMAGE"
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from varco_labeler.engine.availability import ModelUnavailable, report
     from varco_labeler.engine.load import load_engine
     from varco_labeler.engine.predict import run_predict
     from varco_labeler.policy import Policy
@@ -82,7 +89,10 @@ def _predict(args: argparse.Namespace) -> int:
     )
     policy = Policy.resolve(settings, task=args.task, prompt=args.prompt)
     options = {} if settings.openai_url else {"device": args.device}
-    engine = load_engine(settings, **options)
+    try:
+        engine = load_engine(settings, allow_cpu=args.allow_cpu, **options)
+    except ModelUnavailable as error:
+        return report(error, "varco-labeler predict", settings.log_level, rerun=_PREDICT_AGAIN)
     records = run_predict(
         engine,
         policy,
@@ -338,6 +348,7 @@ def _add_extra_params_argument(parser: argparse.ArgumentParser, default: str = "
 
 
 def _prelabel(args: argparse.Namespace) -> int:
+    from varco_labeler.engine.availability import ModelUnavailable, report
     from varco_labeler.labelstudio import LabelConfigError
     from varco_labeler.policy import PolicyError, parse_extra_params
     from varco_labeler.prelabel import Selection, prelabel_folder, prelabel_project
@@ -373,6 +384,8 @@ def _prelabel(args: argparse.Namespace) -> int:
             ids = frozenset(int(t) for t in args.tasks.split(",")) if args.tasks else None
             selection = Selection(args.unlabelled, args.view, ids)
             summary = prelabel_project(settings, args.project, selection, extra_params=extra)
+    except ModelUnavailable as error:  # no queue, and the model cannot be had here
+        return report(error, "varco-labeler prelabel", settings.log_level)
     except (
         SettingsError,
         LabelConfigError,
@@ -393,7 +406,7 @@ def _serve(args: argparse.Namespace) -> int:
     from varco_labeler.backend import Backend
     from varco_labeler.feedback.store import FeedbackStore
     from varco_labeler.labelstudio.labels import warm_up
-    from varco_labeler.queue import InlineDispatcher, RQDispatcher
+    from varco_labeler.queue import EMBEDDED, InlineDispatcher, RQDispatcher
     from varco_labeler.server import create_app
 
     settings = _settings(
@@ -411,16 +424,27 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if settings.embedded:
         from varco_labeler import jobs
+        from varco_labeler.engine.availability import ModelUnavailable, report
 
         logging.getLogger("varco-labeler").info(
             "embedded mode (no REDIS_URL): loading %s in this process", settings.model
         )
-        jobs.install(jobs.build_context(settings))
-        dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size)
+        # The current model release (MODEL_DIR/releases.json), else --model; swapped between
+        # batches when one is published.
+        try:
+            context = jobs.build_context(
+                settings, follow_releases=EMBEDDED, allow_cpu=args.allow_cpu
+            )
+        except ModelUnavailable as error:
+            return report(error, "varco-labeler serve", settings.log_level)
+        jobs.install(context)
+        dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size, jobs.engine_version)
     else:
         dispatcher = RQDispatcher(settings)
     feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     backend = Backend(settings, dispatcher, feedback)
+    if settings.embedded:  # the jobs run in this process: /metrics shows theirs too
+        backend.metrics.watch(jobs.metrics())
     reconciler = None
     if settings.label_studio_url and settings.label_studio_api_key:
         from varco_labeler.feedback.reconciler import Reconciler
@@ -599,6 +623,7 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     predict.add_argument("--max-new-tokens", type=int, help="default: the checkpoint profile's")
     predict.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
     add_loading_arguments(predict)
+    add_allow_cpu_argument(predict)
     predict.add_argument(
         "--profile",
         help="checkpoint profile to run the model under, e.g. VARCO-VISION-2.0-1.7B-OCR "
@@ -900,8 +925,14 @@ that much free RAM and disk to build.""",
         "--profile", help="checkpoint profile, embedded mode (env VARCO_PROFILE; see predict)"
     )
     add_loading_arguments(serve)
+    add_allow_cpu_argument(serve)
     serve.set_defaults(handler=_serve)
     _add_sync(commands)
+    runs.add_command(commands)  # status, cancel
+    releases.add_command(commands)  # publish, list
+    doctor.add_command(commands)
+    ordering.add_command(commands)  # least certain first
+    loop_commands.add_command(commands)  # loop, loop status|rollback|pause|resume
     return parser
 
 

@@ -7,25 +7,32 @@ here once with :func:`install`.
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import json
 import logging
+import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from redis import Redis
 from rq import get_current_job
 
+from varco_labeler.engine import progress
 from varco_labeler.engine.base import Engine, Request
 from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.sink import BackgroundPush, PredictionSink
+from varco_labeler.metrics import JobMetrics
 from varco_labeler.policy import Policy, PolicyError
+from varco_labeler.releases import ReleaseChannel, ReleaseFollower
 from varco_labeler.settings import Settings
 from varco_labeler.varco import Task
 
@@ -84,7 +91,30 @@ class JobContext:
     downloads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
     )
+    metrics: JobMetrics = field(default_factory=JobMetrics)
     _sink: PredictionSink | None = None
+    # Set when the process follows model releases: the engine is swapped between jobs.
+    releases: ReleaseFollower | None = None
+    # Told the new version after a swap (a worker updates what /health shows).
+    on_swap: Callable[[str], None] | None = None
+
+    def follow_release(self) -> None:
+        """Between jobs: run the channel's current release if it is not the running one. The
+        new model is loaded before the old one is dropped, so a failed load keeps the old."""
+        engine = self.releases.newer_engine() if self.releases else None
+        if engine is None:
+            return
+        previous, self.engine = self.engine, engine
+        if hasattr(previous, "close"):  # an HTTP engine's connections
+            previous.close()
+        del previous  # the last reference: its weights can be freed now
+        gc.collect()
+        torch = sys.modules.get("torch")  # loaded by the engine, if it is a local model
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("now running model version %s", engine.model_version)
+        if self.on_swap is not None:
+            self.on_swap(engine.model_version)
 
     def label_studio(self) -> PredictionSink:
         """One client for the process: every job reuses its connections to Label Studio."""
@@ -105,15 +135,47 @@ def install(context: JobContext) -> None:
     _context = context
 
 
-def build_context(settings: Settings, redis: Redis | None = None) -> JobContext:
-    """Load the engine (once per process) with what a job needs around it."""
-    from varco_labeler.engine.load import load_engine  # torch: only here
+def build_context(
+    settings: Settings,
+    redis: Redis | None = None,
+    *,
+    follow_releases: str | None = None,
+    allow_cpu: bool = False,
+) -> JobContext:
+    """Load the engine (once per process) with what a job needs around it.
 
+    ``follow_releases``: this process's name in the release channel; it then runs the current
+    release (see :mod:`varco_labeler.releases`) and swaps to a new one between jobs.
+    ``allow_cpu``: load a large model without a GPU (see ``engine.availability``).
+    """
+    from varco_labeler.engine.load import load_engine as load_any  # torch: only here
+
+    load_engine = functools.partial(load_any, allow_cpu=allow_cpu)
     fetcher = ImageFetcher.from_settings(settings)
     cache = OutputCache(redis, ttl=settings.cache_ttl)
-    return JobContext(load_engine(settings), fetcher, cache, settings)
+    if follow_releases is None:
+        return JobContext(load_engine(settings), fetcher, cache, settings)
+    channel = ReleaseChannel.for_settings(settings)
+    follower = ReleaseFollower(channel, settings, follow_releases, load_engine)
+    return JobContext(follower.first_engine(), fetcher, cache, settings, releases=follower)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _counted(function: F) -> F:
+    """Count each run of a job function by queue (``embedded`` without one) and outcome."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        job = get_current_job()
+        with _installed().metrics.counting(job.origin if job is not None else "embedded"):
+            return function(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
+
+
+@_counted
 def predict_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the model on a batch of ``{"key", "image", "task", "prompt"}`` items.
 
@@ -144,6 +206,8 @@ def predict_stream(items: Sequence[dict[str, Any]]) -> Iterator[Chunk]:
     cached and failed items met since the previous one.
     """
     context = _installed()
+    with progress.paused():  # loading a release takes minutes with no steps: not a stall
+        context.follow_release()  # a job starts: the place to change models without dropping one
     engine, cache = context.engine, context.cache
     # The engine's own GPU batch (the transformers engine's may shrink after an out-of-memory);
     # an engine that batches by itself (vLLM's continuous batching) gets everything at once.
@@ -153,16 +217,19 @@ def predict_stream(items: Sequence[dict[str, Any]]) -> Iterator[Chunk]:
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []
     for index, (item, download) in enumerate(zip(items, downloads, strict=True)):
         fetched = download.result()
+        progress.report()  # an image in (or failed): the worker's watchdog sees work move
         head = {"key": item["key"]}
         if isinstance(fetched, ImageError):
             log.warning("task %s: %s", item["key"], fetched)
             retryable = isinstance(fetched, ImageUnavailable)
+            context.metrics.image_failures.labels("unreachable" if retryable else "unusable").inc()
             ready.append((index, {**head, "error": str(fetched), "retryable": retryable}))
             continue
         image, data = fetched
         head.update(width=image.width, height=image.height, model_version=engine.model_version)
         cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
         cached = cache.get(cache_key)
+        (context.metrics.cache_misses if cached is None else context.metrics.cache_hits).inc()
         if cached is not None:
             ready.append((index, {**head, **cached, "cached": True}))
             continue
@@ -180,7 +247,10 @@ def _generate(
 ) -> Chunk:
     if not pending:
         return []
+    started = time.perf_counter()
     results = engine.generate([request for _, request, _, _ in pending])
+    _installed().metrics.batch_done(len(pending), time.perf_counter() - started)
+    progress.report()
     chunk: Chunk = []
     for (index, _, cache_key, head), result in zip(pending, results, strict=True):
         output = result.to_json()
@@ -197,6 +267,7 @@ def _download(ref: str) -> tuple[Image.Image, bytes] | ImageError:
         return error
 
 
+@_counted
 def prelabel_batch(
     project: int, policy_json: dict[str, Any], items: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -331,6 +402,11 @@ def convert_one(policy: Policy, item: Mapping[str, Any], output: Mapping[str, An
 def engine_version() -> str:
     """The model version the installed engine stamps on its predictions."""
     return _installed().engine.model_version
+
+
+def metrics() -> JobMetrics:
+    """What the jobs of this process did (see ``varco_labeler.metrics``)."""
+    return _installed().metrics
 
 
 def _installed() -> JobContext:

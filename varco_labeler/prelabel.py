@@ -3,22 +3,27 @@
 Label Studio's "Retrieve predictions" sends every selected task in one blocking request that it
 cuts at ~100 s. This goes around it: the tasks are batched into queue jobs, each job predicts its
 batch and pushes the predictions into the project with the SDK, and this command only watches.
-Tasks that already hold a prediction of this model version are skipped, so a second run does
-nothing and an interrupted run resumes; Ctrl-C cancels the jobs no worker has started.
+Tasks that already hold a prediction of this model version (the current release's, when one is
+published) are skipped, so a second run does
+nothing and an interrupted run resumes; Ctrl-C cancels the jobs no worker has started. With a
+queue, the run is recorded in Redis (``runs``): ``varco-labeler status`` shows it from any shell
+and ``varco-labeler cancel`` stops it the way Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from label_studio_sdk import LabelStudio
+from redis.exceptions import RedisError
 from tqdm import tqdm
 
 from varco_labeler import jobs
@@ -27,11 +32,19 @@ from varco_labeler.labelstudio import read_label_config
 from varco_labeler.labelstudio.client import sdk_client
 from varco_labeler.policy import Policy, PolicyError, agreed_version
 from varco_labeler.queue import RQDispatcher, batches
+from varco_labeler.releases import ReleaseChannel
+from varco_labeler.runs import RunRecorder, RunState, TaskState
 from varco_labeler.settings import Settings
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# How often a queue run records which jobs run, writes its heartbeat and looks for a cancel.
+POLL_SECONDS = 1.0
+
+
+class RunCancelled(Exception):
+    """``varco-labeler cancel`` asked this run to stop."""
 
 
 @dataclass
@@ -39,19 +52,28 @@ class Summary:
     done: int = 0
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: bool = False  # by Ctrl-C, SIGTERM or `varco-labeler cancel`
+    cancel_requested: bool = False  # by `varco-labeler cancel`
+    cancelled: int = 0  # tasks whose jobs were cancelled before a worker took them
     seconds: float = 0.0
+    run_id: str | None = None  # recorded in Redis (queue mode)
 
     def text(self) -> str:
         rate = self.done / self.seconds if self.seconds else 0.0
         lines = [
-            f"done {self.done}, skipped {self.skipped} (already predicted), "
+            (f"run {self.run_id}: " if self.run_id else "")
+            + f"done {self.done}, skipped {self.skipped} (already predicted), "
             f"failed {len(self.failed)} in {self.seconds:.1f} s ({rate:.1f} tasks/s)"
         ]
         lines += [f"  task {task}: {reason}" for task, reason in list(self.failed.items())[:20]]
         if len(self.failed) > 20:
             lines.append(f"  ... and {len(self.failed) - 20} more")
-        if self.interrupted:
+        if self.cancel_requested:
+            lines.append(
+                f"cancelled (varco-labeler cancel): {self.cancelled} task(s) not started; run the "
+                "same command again to finish the rest"
+            )
+        elif self.interrupted:
             lines.append("interrupted: run the same command again to finish the rest")
         return "\n".join(lines)
 
@@ -120,7 +142,14 @@ def prelabel_project(
     workers = dispatcher.model_versions() if dispatcher else {}
     if dispatcher and not workers:
         log.warning("no worker is running on queue %r: jobs wait for one", settings.queue_name)
-    version = agreed_version(settings.version, settings.model_chosen, workers)
+    if dispatcher is None:  # the model runs here: the current release, else settings.model
+        jobs.install(jobs.build_context(settings, follow_releases="prelabel"))
+        version = jobs.engine_version()
+    elif release := ReleaseChannel.for_settings(settings).current():
+        # Workers load the current release before their next job, so ours run it.
+        version = release.version
+    else:
+        version = agreed_version(settings.version, settings.model_chosen, workers)
     policy = Policy.resolve(settings, config, extra_params, version=version)
     todo, skipped = select_tasks(client, project, policy.model_version, selection)
     summary = Summary(skipped=skipped)
@@ -134,28 +163,61 @@ def prelabel_project(
             summary.failed[str(task.id)] = str(error)
     calls = [(project, policy.to_json(), job) for job in batches(items, settings.prelabel_job_size)]
     store = store or FeedbackStore(settings.database_url, model_dir=settings.model_dir)
+    record = None
+    if dispatcher:
+        ids = [task.id for task in todo]
+        record = RunRecorder.start(dispatcher.redis, project, policy.model_version, ids, skipped)
+        record.failed(summary.failed)
+        summary.run_id = record.id
+        print(
+            f"run {record.id}: {len(ids)} task(s) of project {project}; "
+            f"`varco-labeler status {record.id}` follows it, "
+            f"`varco-labeler cancel {record.id}` stops it",
+            file=sys.stderr,
+        )
     bar = tqdm(total=len(items), unit="task", desc=f"project {project}", disable=not progress)
-    with bar, _interrupt_as_keyboard():
-        run = _QueueRun(dispatcher, calls) if dispatcher else _InlineRun(settings, calls)
-        try:
-            for outcome in run.outcomes():
-                _tally(summary, outcome, store)
-                bar.update(outcome["count"])
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            with suppress(KeyboardInterrupt):
-                for outcome in run.stop():
+    try:
+        with bar, _interrupt_as_keyboard():
+            run = _QueueRun(dispatcher, calls, record) if record else _InlineRun(calls)
+            try:
+                for outcome in run.outcomes():
                     _tally(summary, outcome, store)
                     bar.update(outcome["count"])
+            except (KeyboardInterrupt, RunCancelled) as stop:
+                summary.interrupted = True
+                summary.cancel_requested = isinstance(stop, RunCancelled)
+                with suppress(KeyboardInterrupt):
+                    for outcome in run.stop():
+                        _tally(summary, outcome, store)
+                        bar.update(outcome["count"])
+    except Exception as error:
+        if record:
+            with suppress(RedisError):  # the error may be Redis itself: tell that one
+                record.finish(RunState.FAILED, f"stopped on an error: {error}")
+        raise
     summary.seconds = time.monotonic() - started
+    if record:
+        summary.cancelled = len(record.in_state(TaskState.CANCELLED))
+        record.finish(*_ending(summary, record))
     return summary
+
+
+def _ending(summary: Summary, record: RunRecorder) -> tuple[RunState, str | None]:
+    """The state a run ends in, and why."""
+    if summary.interrupted:
+        how = "cancelled from another shell" if summary.cancel_requested else "interrupted"
+        left = len(record.in_state(TaskState.RUNNING, TaskState.QUEUED))
+        waited = f"; stopped waiting for {left} task(s) on workers" if left else ""
+        return RunState.CANCELLED, f"{how}: {summary.cancelled} task(s) not started{waited}"
+    if summary.failed:
+        return RunState.FAILED, f"{len(summary.failed)} task(s) failed"
+    return RunState.DONE, None
 
 
 class _InlineRun:
     """Prelabel jobs run one after another in this process (no Redis)."""
 
-    def __init__(self, settings: Settings, calls: list[tuple[Any, ...]]) -> None:
-        jobs.install(jobs.build_context(settings))
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
         self.calls = calls
 
     def outcomes(self) -> Iterator[dict[str, Any]]:
@@ -168,33 +230,63 @@ class _InlineRun:
 
 
 class _QueueRun:
-    """Prelabel jobs on the queue's workers; this process only watches them finish."""
+    """Prelabel jobs on the queue's workers; this process only watches them finish, and keeps
+    the run's record: which tasks are queued, running, done, failed or cancelled."""
 
-    def __init__(self, dispatcher: RQDispatcher, calls: list[tuple[Any, ...]]) -> None:
+    def __init__(
+        self, dispatcher: RQDispatcher, calls: list[tuple[Any, ...]], record: RunRecorder
+    ) -> None:
         self.dispatcher = dispatcher
+        self.record = record
         submitted = self.dispatcher.submit(jobs.PRELABEL_BATCH, calls)
         self.task_ids = {
             job.id: [item["task_id"] for item in args[2]]
             for job, args in zip(submitted, calls, strict=True)
         }
         self.open = {job.id: job for job in submitted}
+        self.running: set[str] = set()  # jobs whose tasks are recorded running
 
     def outcomes(self, *, stopping: bool = False) -> Iterator[dict[str, Any]]:
         """Each job's outcome as it finishes. A job that gave way to interactive work names the
         job that carries on with the rest of its tasks: that one is followed too (cancelled
-        instead when the run is stopping)."""
+        instead when the run is stopping). Raises RunCancelled when a cancel is requested."""
         while self.open:
-            for job, value, error in self.dispatcher.completions(list(self.open.values())):
+            waiting = list(self.open.values())
+            for job, value, error in self.dispatcher.completions(waiting, POLL_SECONDS):
                 del self.open[job.id]
                 ids = self.task_ids.pop(job.id)
                 if error:
-                    yield {"count": len(ids), "failed": {str(t): error for t in ids}}
+                    outcome = {"count": len(ids), "failed": {str(t): error for t in ids}}
+                    self._record(outcome)
+                    yield outcome
                     continue
                 later = value.pop("continued", None)
-                yield {"count": len(ids) - len(later["tasks"]) if later else len(ids), **value}
+                outcome = {"count": len(ids) - len(later["tasks"]) if later else len(ids), **value}
+                self._record(outcome)
+                yield outcome
                 if later:
                     self._follow(later, stopping)
                     break  # wait again, with the job that carries on
+            self._look_around(stopping)
+
+    def _record(self, outcome: dict[str, Any]) -> None:
+        done = [*outcome.get("pushed", []), *outcome.get("present", [])]
+        self.record.update(done, TaskState.DONE)
+        if outcome.get("failed"):
+            self.record.failed(outcome["failed"])
+
+    def _look_around(self, stopping: bool) -> None:
+        """Record the tasks of jobs a worker has started, and take a cancel request (which
+        also says this run lives)."""
+        started = self.dispatcher.running(self.open) - self.running
+        self.running |= started
+        tasks = [task for job_id in started for task in self.task_ids[job_id]]
+        if tasks:
+            self.record.update(tasks, TaskState.RUNNING)
+        else:
+            self.record.heartbeat()
+        if not stopping and self.record.cancel_requested():
+            raise RunCancelled
 
     def stop(self) -> Iterator[dict[str, Any]]:
         """Cancel the jobs no worker has started, then wait for the running ones to push.
@@ -208,6 +300,7 @@ class _QueueRun:
         started = self.dispatcher.started_or_done(cancelled)
         for job_id in set(cancelled) - started:
             del self.open[job_id]
+            self.record.update(self.task_ids.pop(job_id), TaskState.CANCELLED)
         log.warning(
             "stopping: %d queued job(s) cancelled; waiting for %d running job(s) to push their "
             "predictions (Ctrl-C again to stop waiting)",
@@ -220,9 +313,11 @@ class _QueueRun:
     def _follow(self, later: dict[str, Any], stopping: bool) -> None:
         job = self.dispatcher.fetch(later["job"])
         if stopping and self.dispatcher.cancel_queued([job]):
+            self.record.update(later["tasks"], TaskState.CANCELLED)
             return
         self.open[job.id] = job
         self.task_ids[job.id] = later["tasks"]
+        self.record.update(later["tasks"], TaskState.QUEUED)
 
 
 def _safely(project: int, policy: dict[str, Any], batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -318,4 +413,4 @@ def prelabel_folder(
 
 
 def _with_root(settings: Settings, folder: Path) -> Settings:
-    return replace(settings, local_image_roots=(*settings.local_image_roots, folder))
+    return settings.replace(local_image_roots=(*settings.local_image_roots, folder))

@@ -15,12 +15,13 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from pydantic import SecretStr
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry, Worker
@@ -31,7 +32,7 @@ from rq.results import get_key as result_key
 from rq.serializers import JSONSerializer
 
 from varco_labeler.jobs import PREDICT_BATCH, PRELABEL_BATCH
-from varco_labeler.settings import Settings
+from varco_labeler.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,14 @@ class QueueUnavailable(RuntimeError):
     """Redis cannot be reached; the message says where and why."""
 
 
-# Worker name -> the model version it runs, written by each worker when it starts.
+# Worker name -> the model version it runs, written by each worker when it starts (and swaps).
 WORKER_VERSIONS = "varco:worker-versions"
 # A task's item queued or running: "varco:in-flight:<sha256 of the task, image, prompt, task kind
 # and model version>"
 # holds {"job": job id, "key": the item's key in that job, "at": when it was claimed}.
 IN_FLIGHT = "varco:in-flight:"
+# The name the embedded mode's engine goes by, as a worker's would.
+EMBEDDED = "embedded"
 # A claim whose job is not in Redis yet (its enqueue is under way) counts for this many seconds.
 CLAIM_GRACE = 10.0
 _LIVE = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
@@ -95,7 +98,7 @@ class Dispatcher(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def model_versions(self) -> dict[str, str]:
-        """The model version each live worker runs (empty when this process runs the model)."""
+        """The model version each live worker runs ("embedded": this process's engine)."""
         ...
 
 
@@ -103,9 +106,9 @@ def batches(items: Sequence[T], size: int) -> list[list[T]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
-def connect(redis_url: str) -> Redis:
+def connect(redis_url: str | SecretStr) -> Redis:
     # Short timeouts: a dead Redis must turn into a clear error, not a hung request.
-    return Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10)
+    return Redis.from_url(reveal(redis_url) or "", socket_connect_timeout=2, socket_timeout=10)
 
 
 class RQDispatcher:
@@ -328,6 +331,14 @@ class RQDispatcher:
             job.id for job in jobs if job is not None and job.get_status(refresh=False) in taken
         }
 
+    def running(self, job_ids: Collection[str]) -> set[str]:
+        """Which of these jobs a worker is running now (read from the started registries)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues.values():
+            pipe.zrange(StartedJobRegistry(queue=queue).key, 0, -1)
+        members = (member for found in pipe.execute() for member in found)
+        return {StartedJobRegistry.parse_job_id(member) for member in members} & set(job_ids)
+
     def _rescue_abandoned(self) -> None:
         """Requeue jobs whose worker stopped heartbeating (killed, machine lost)."""
         if time.monotonic() - self._last_rescue < RESCUE_INTERVAL:
@@ -376,9 +387,17 @@ class InlineDispatcher:
     """Runs batches in this process, one at a time (one GPU), on a background thread; the
     waiting batch of the highest priority goes next."""
 
-    def __init__(self, run_batch: Callable[[list[Item]], list[Output]], batch_size: int) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Item]], list[Output]],
+        batch_size: int,
+        engine_version: Callable[[], str] | None = None,
+    ) -> None:
+        """``engine_version``: the version this process's engine runs (it changes with a model
+        release), reported as the "embedded" worker's."""
         self.run_batch = run_batch
         self.batch_size = batch_size
+        self.engine_version = engine_version
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._pending = 0
         self._lock = threading.Lock()
@@ -423,10 +442,13 @@ class InlineDispatcher:
         return [outputs.get(item["key"]) for item in items]
 
     def status(self) -> dict[str, Any]:
-        return {"mode": "embedded", "queued_batches": self._pending}
+        with self._lock:
+            ranks = [rank for rank, *_ in self._waiting]
+        queued = {priority.value: ranks.count(rank) for rank, priority in enumerate(Priority)}
+        return {"mode": "embedded", "queued_batches": self._pending, "queued_by_priority": queued}
 
     def model_versions(self) -> dict[str, str]:
-        return {}
+        return {EMBEDDED: self.engine_version()} if self.engine_version else {}
 
 
 def _in_flight_key(item: Item, version: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from varco_labeler.varco import Box, OcrItem, Parsed, Phrase, Task, Text, format_items
@@ -29,8 +29,19 @@ class Region:
     score: float | None = None
     id: str | None = None
 
-    def with_(self, **changes: object) -> Region:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> Region:
+        # Spelled out: dataclasses.replace costs more than the rest of a conversion per region.
+        region = Region(
+            changes.pop("box", self.box),
+            changes.pop("label", self.label),
+            changes.pop("phrase", self.phrase),
+            changes.pop("text", self.text),
+            changes.pop("score", self.score),
+            changes.pop("id", self.id),
+        )
+        if changes:
+            raise TypeError(f"Region has no field {', '.join(changes)}")
+        return region
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON: how regions travel through the queue and sit in the feedback store."""
@@ -65,11 +76,8 @@ def regions_from_varco(
     regions: list[Region] = []
     for index, item in enumerate(parsed.grounded):
         score = scores[index] if scores is not None else None
-        for box in item.boxes:
-            if isinstance(item, Phrase):
-                regions.append(Region(box=box, phrase=item.text, score=score))
-            else:
-                regions.append(Region(box=box, text=item.text, score=score))
+        phrase, text = (item.text, None) if isinstance(item, Phrase) else (None, item.text)
+        regions.extend(Region(box, None, phrase, text, score) for box in item.boxes)
     return regions
 
 
@@ -123,22 +131,21 @@ def regions_to_varco(regions: Iterable[Region], task: Task | str) -> str:
     return format_items(items)
 
 
-def with_stable_ids(regions: Sequence[Region], seed: str = "") -> list[Region]:
-    """Give regions without an id one derived from their content, so re-runs give the same ids.
-
-    ``seed`` (for example the image reference) keeps ids of equal regions on different images apart.
-    """
+def stable_ids(regions: Sequence[Region], seed: str = "") -> list[str]:
+    """Each region's id, or for a region without one an id derived from its content, so re-runs
+    give the same ids. ``seed`` (for example the image reference) keeps ids of equal regions on
+    different images apart."""
     seen: dict[str, int] = {}
-    out = []
+    ids = []
     for region in regions:
         if region.id:
-            out.append(region)
+            ids.append(region.id)
             continue
-        key = "|".join(
-            [seed, region.label or "", region.phrase or "", region.text or "", region.box.to_text()]
+        key = (
+            f"{seed}|{region.label or ''}|{region.phrase or ''}|{region.text or ''}"
+            f"|{region.box.to_text()}"
         )
         occurrence = seen.get(key, 0)
         seen[key] = occurrence + 1
-        digest = hashlib.sha1(f"{key}|{occurrence}".encode()).hexdigest()[:10]
-        out.append(region.with_(id=digest))
-    return out
+        ids.append(hashlib.sha1(f"{key}|{occurrence}".encode()).hexdigest()[:10])
+    return ids

@@ -1,6 +1,7 @@
 """The HTTP layer that speaks Label Studio's ML backend protocol; all logic is in ``backend``.
 
-Endpoints: GET /health, POST /setup, POST /predict, GET|POST /versions, POST /webhook.
+Endpoints: GET /health, POST /setup, POST /predict, GET|POST /versions, POST /webhook,
+GET /metrics (Prometheus; see ``metrics``).
 Label Studio shows only "500 Server Error" for failures, so every error is also logged, and
 /health reports the last problem.
 
@@ -27,14 +28,16 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from varco_labeler.backend import Backend, BadRequest, Busy
 from varco_labeler.feedback.reconciler import Reconciler
 from varco_labeler.feedback.store import EventState, FeedbackStore
+from varco_labeler.metrics import HttpMetrics, PendingWebhooksCollector
 from varco_labeler.queue import QueueUnavailable
+from varco_labeler.settings import reveal
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,10 @@ def create_app(
     app = FastAPI(
         title="varco-labeler ML backend", version=backend.model_version, lifespan=lifespan
     )
-    guard, authorized = _basic_auth(settings.basic_auth_user, settings.basic_auth_pass)
+    guard, authorized = _basic_auth(settings.basic_auth_user, reveal(settings.basic_auth_pass))
+    metrics = backend.metrics
+    metrics.watch(PendingWebhooksCollector(feedback.event_states))
+    app.add_middleware(HttpMetrics, metrics=metrics)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, error: BadRequest) -> JSONResponse:
@@ -140,6 +146,11 @@ def create_app(
         if reconciler is not None and reconciler.last_problem:
             webhooks["problem"] = reconciler.last_problem
         return details | {"webhooks": webhooks}
+
+    @app.get("/metrics", dependencies=[guard])
+    def metrics_text() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.post("/setup", dependencies=[guard])
     def setup(body: SetupRequest) -> dict[str, Any]:
@@ -177,6 +188,7 @@ def create_app(
         # is written, so an acknowledged event is kept, whatever /predict is doing. What it
         # names is read back from Label Studio after the reply, never taken from the body.
         state = await _on(webhook_pool, feedback.notify, body.model_dump())
+        metrics.webhook_events.labels(state).inc()
         if reconciler is not None and state == EventState.PENDING:
             reconciler.wake()
         return {"status": "ok", "action": body.action}

@@ -1,8 +1,14 @@
-"""Configuration from flags and the environment, checked at start.
+"""Configuration from flags, the environment and a ``.env`` file, checked at start.
 
 Names follow the Label Studio ML backend ecosystem (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
 BASIC_AUTH_USER, BASIC_AUTH_PASS, MODEL_DIR, LOG_LEVEL) plus our own VARCO_* and REDIS_URL.
-A wrong value fails at start with a message naming the variable.
+A flag wins over the environment, which wins over ``.env`` in the working directory. A wrong
+value fails at start with a message naming the variable.
+
+Secrets never show in a repr, a log line or an error: the Label Studio key and the basic auth
+password are :class:`~pydantic.SecretStr`, REDIS_URL and VARCO_DATABASE_URL are
+:class:`SecretUrl` (shown with their password and query hidden). The code that sends or connects
+takes the plain value with :func:`reveal`, and nothing else does.
 """
 
 from __future__ import annotations
@@ -10,9 +16,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Self
 from urllib.parse import urlparse
+
+from pydantic import SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from varco_labeler.engine.profiles import (
     DEFAULT_MODEL,
@@ -23,14 +37,31 @@ from varco_labeler.engine.profiles import (
 )
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Read by from_env() from the working directory, under the environment.
+ENV_FILE = Path(".env")
 
 
 class SettingsError(ValueError):
     """A configuration value is wrong; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class SecretUrl(SecretStr):
+    """A connection URL that may carry a password: shown as ``redis://:***@queue:6379/0`` (which
+    server, not how to get in), revealed only where the connection is made."""
+
+    def _display(self) -> str:
+        return _without_password(self.get_secret_value())
+
+
+class Settings(BaseSettings):
+    """Every setting, validated and checked on construction; immutable.
+
+    ``Settings(...)`` holds what it is given, and defaults; :meth:`from_env` reads the
+    environment and ``.env`` under the flags.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
     model: str = DEFAULT_MODEL
     # The checkpoint profile (prompts, token limits, OCR handling), when the model's name or its
     # varco_profile.json does not say: a known checkpoint's name, or "generic".
@@ -39,17 +70,16 @@ class Settings:
     model_version: str | None = None
     # An OpenAI-compatible server (vLLM) that serves the model; unset: load it with transformers.
     openai_url: str | None = None
-    # Unset: the embedded mode, the engine runs in the backend process. Its password, if any,
-    # stays out of the repr (see __repr__).
-    redis_url: str | None = field(default=None, repr=False)
+    # Unset: the embedded mode, the engine runs in the backend process.
+    redis_url: SecretUrl | None = None
     queue_name: str = "varco"
     label_studio_url: str | None = None
-    label_studio_api_key: str | None = field(default=None, repr=False)
+    label_studio_api_key: SecretStr | None = None
     basic_auth_user: str | None = None
-    basic_auth_pass: str | None = field(default=None, repr=False)
+    basic_auth_pass: SecretStr | None = None
     model_dir: Path = Path("./varco-data")
     # The feedback store: predictions and annotations. Unset: SQLite under MODEL_DIR.
-    database_url: str | None = field(default=None, repr=False)
+    database_url: SecretUrl | None = None
     log_level: str = "INFO"
     host: str = "0.0.0.0"
     port: int = 9090
@@ -88,14 +118,49 @@ class Settings:
     sync_interval: float = 0.0
     # A worker serves Prometheus metrics on this port (the backend at /metrics); 0: off.
     metrics_port: int = 0
-    # A queue job whose engine reports no progress (a batch, a generation step) for this many seconds
-    # is failed and requeued, and its worker restarts; 0: never.
+    # A queue job whose engine reports no progress (a batch, a generation step) for this many
+    # seconds is failed and requeued, and its worker restarts; 0: never.
     job_stall_timeout: float = 0.0
 
-    def __repr__(self) -> str:
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr]
-        shown.append(f"redis_url={_without_password(self.redis_url)!r}")
-        return f"Settings({', '.join(shown)})"
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise _settings_error(error) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the constructor is given: from_env() decides where variables come from.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``overrides`` (flags), over the environment, over ``.env`` in the
+        working directory. ``env`` replaces both (tests). An empty variable or a None flag is
+        unset."""
+        layers = (
+            [DotEnvSettingsSource(cls, env_file=ENV_FILE, case_sensitive=True).env_vars, os.environ]
+            if env is None
+            else [env]
+        )
+        values: dict[str, object] = {}
+        for variables in layers:
+            for name, variable in _ENV_NAMES.items():
+                if variables.get(variable):
+                    values[name] = variables[variable]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with ``changes``, validated and checked like a new one."""
+        return type(self)(**{**dict(self), **changes})
 
     @property
     def version(self) -> str:
@@ -111,36 +176,55 @@ class Settings:
     def embedded(self) -> bool:
         return not self.redis_url
 
+    @field_validator(
+        "redis_url", "label_studio_api_key", "basic_auth_pass", "database_url", mode="before"
+    )
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from the environment; ``overrides`` (flags) win over it. None means unset."""
-        env = os.environ if env is None else env
-        values: dict[str, object] = {}
-        for name, variable in _ENV_NAMES.items():
-            raw = env.get(variable)
-            if raw is not None and raw != "":
-                values[name] = _convert(name, variable, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.check()
-        return settings
+    def _plain_secret(cls, value: object) -> object:
+        # A secret of another kind (SecretStr for a SecretUrl, from replace()) is taken as its
+        # value; an empty one is unset.
+        return reveal(value) or None
+
+    @field_validator("allowed_image_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
+    @field_validator("local_image_roots", mode="before")
+    @classmethod
+    def _directory_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(p).resolve() for p in value.split(os.pathsep) if p.strip())
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _checked(self) -> Self:
+        self.check()
+        return self
 
     def check(self) -> None:
-        if self.redis_url and urlparse(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"REDIS_URL={self.redis_url!r} must start with redis://")
+        redis = reveal(self.redis_url)
+        if redis and urlparse(redis).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL={str(self.redis_url)!r} must start with redis://")
         ls_scheme = urlparse(self.label_studio_url or "http://").scheme
         if ls_scheme not in ("http", "https"):
             raise SettingsError(
                 f"LABEL_STUDIO_URL={self.label_studio_url!r} must be an http(s) URL"
             )
-        if self.log_level.upper() not in LOG_LEVELS:
+        if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL={self.log_level!r} must be one of {LOG_LEVELS}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         for name, (valid, wanted) in _NUMBER_RULES.items():
             value = getattr(self, name)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and valid(value)):
+            if not (math.isfinite(value) and valid(value)):
                 raise SettingsError(f"{_ENV_NAMES[name]} must be {wanted}, got {value!r}")
         if self.load_dtype not in LOAD_DTYPES:
             raise SettingsError(
@@ -202,7 +286,7 @@ _ENV_NAMES = {
     "metrics_port": "VARCO_METRICS_PORT",
     "job_stall_timeout": "VARCO_JOB_STALL_TIMEOUT",
 }
-assert set(_ENV_NAMES) <= {f.name for f in fields(Settings)}
+assert set(_ENV_NAMES) <= set(Settings.model_fields)
 
 LOAD_DTYPES = ("auto", "bfloat16", "float16", "float32")
 _POSITIVE = (lambda value: value > 0, "positive")
@@ -227,9 +311,7 @@ _NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "job_stall_timeout": _NOT_NEGATIVE,
 }
 assert set(_NUMBER_RULES) == {
-    f.name
-    for f in fields(Settings)
-    if isinstance(f.default, int | float) and not isinstance(f.default, bool)
+    name for name, info in Settings.model_fields.items() if info.annotation in (int, float)
 }, "every number setting needs a rule in _NUMBER_RULES"
 
 
@@ -241,34 +323,36 @@ def reveal(secret: object) -> str | None:
     return getter() if getter else str(secret)
 
 
-def _without_password(url: str | None) -> str | None:
-    """A URL with its password hidden: ``redis://:***@host:6379/0``."""
-    if not url:
-        return url
+def _without_password(url: str) -> str:
+    """A URL with its password and query hidden: ``redis://:***@host:6379/0``."""
     parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
+    if parsed.password is not None:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+        parsed = parsed._replace(netloc=netloc)
+    if parsed.query:  # a password or token may ride there too (?password=...)
+        parsed = parsed._replace(query="...")
+    return parsed.geturl()
 
 
-def _convert(name: str, variable: str, raw: str) -> object:
-    default = Settings.__dataclass_fields__[name].default
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise SettingsError(f"{variable}={raw!r} is not a number") from None
-    if name == "model_dir":
-        return Path(raw)
-    if name == "allowed_image_hosts":
-        return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
-    if name == "local_image_roots":
-        return tuple(Path(p).resolve() for p in raw.split(os.pathsep) if p.strip())
-    if name == "log_level":
-        return raw.upper()
-    return raw
+# What a wrong value gets when pydantic cannot read it; the rules of check() word their own.
+_READ_ERRORS = {
+    "int_parsing": "is not a number",
+    "int_from_float": "is not a whole number",
+    "float_parsing": "is not a number",
+    "bool_parsing": "is not true or false",
+}
+
+
+def _settings_error(error: ValidationError) -> SettingsError:
+    """The first problem of ``error``, naming the variable (or the setting, for one that has
+    none); a secret's value is never repeated."""
+    problem = error.errors(include_url=False)[0]
+    cause = (problem.get("ctx") or {}).get("error")
+    if isinstance(cause, SettingsError):
+        return cause
+    name = str(problem["loc"][0]) if problem["loc"] else "settings"
+    variable = _ENV_NAMES.get(name, name)
+    if name in ("redis_url", "label_studio_api_key", "basic_auth_pass", "database_url"):
+        return SettingsError(f"{variable}: {problem['msg']}")
+    wording = _READ_ERRORS.get(problem["type"], problem["msg"])
+    return SettingsError(f"{variable}={problem['input']!r} {wording}")

@@ -268,6 +268,40 @@ def test_worker_reserves_one_gpu(compose: dict[str, Any]) -> None:
     assert "deploy" not in compose["services"]["backend"], "the backend needs no GPU"
 
 
+def test_monitoring_is_off_by_default_and_scrapes_backend_and_workers(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "rq-dashboard"):
+        assert services[name]["profiles"] == ["monitoring"], name
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    prometheus = services["prometheus"]
+    # The file --config.file names is docker/prometheus.yml, mounted.
+    (config_path,) = [a.split("=", 1)[1] for a in prometheus["command"] if "--config.file" in a]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    assert mounted[config_path] == "./prometheus.yml"
+    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+
+    backend = jobs["varco-backend"]
+    assert backend["static_configs"][0]["targets"] == [
+        f"backend:{service_env(services['backend'])['PORT']}"
+    ]
+    # /metrics sits behind the backend's basic auth: its user and password, as secret files.
+    secrets = {name: compose["secrets"][name]["environment"] for name in prometheus["secrets"]}
+    auth = backend["basic_auth"]
+    files = {auth["username_file"]: "BASIC_AUTH_USER", auth["password_file"]: "BASIC_AUTH_PASS"}
+    assert {f"/run/secrets/{name}": env for name, env in secrets.items()} == files
+    assert set(files.values()) <= set(service_env(services["backend"]))
+
+    (workers,) = jobs["varco-worker"]["dns_sd_configs"]
+    assert workers["names"] == ["worker"]
+    assert str(workers["port"]) == service_env(services["worker"])["VARCO_METRICS_PORT"]
+
+    dashboard = service_env(services["rq-dashboard"])
+    assert dashboard["RQ_DASHBOARD_REDIS_URL"] == service_env(services["backend"])["REDIS_URL"]
+
+
 # -- the Dockerfiles -----------------------------------------------------------------------------
 
 

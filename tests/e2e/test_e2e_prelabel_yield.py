@@ -23,6 +23,7 @@ from varco_labeler.labelstudio import read_label_config
 from varco_labeler.policy import Policy
 from varco_labeler.prelabel import _QueueRun
 from varco_labeler.queue import Priority, RQDispatcher, queue_name
+from varco_labeler.runs import RunRecorder
 from varco_labeler.settings import Settings
 
 TASKS = 6
@@ -49,7 +50,9 @@ def test_a_bulk_job_gives_way_between_batches_and_nothing_is_lost_or_pushed_twic
         dispatcher = RQDispatcher(settings)
         # A box drawn in the editor waits on the high-priority queue.
         dispatcher.submit(jobs.PREDICT_BATCH, [([],)], priority=Priority.HIGH)
-        run = _QueueRun(dispatcher, [(project, policy.to_json(), items)])  # one bulk job
+        ids = [item["task_id"] for item in items]
+        record = RunRecorder.start(dispatcher.redis, project, policy.model_version, ids)
+        run = _QueueRun(dispatcher, [(project, policy.to_json(), items)], record)  # one bulk job
         low = queue_name(settings.queue_name, Priority.LOW)
         worker = SimpleWorker(
             [low], connection=Redis.from_url(redis.url), serializer=JSONSerializer

@@ -223,7 +223,7 @@ def record(**changes: Any) -> PredictionRecord:
 def test_the_schema_revision_is_the_head_of_the_migrations() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_heads() == [SCHEMA_REVISION]
-    assert [r.revision for r in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert [r.revision for r in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
 
 
 def test_revision_0001_is_the_previous_release_schema(databases: Callable[[], str]) -> None:
@@ -259,6 +259,8 @@ def test_a_previous_release_store_opens_with_every_row_kept(
         for event in expected["feedback_events"]:
             event["state"] = "applied"  # received before notifications were read back
         expected["feedback_sync"] = []
+        for loop_table in ("feedback_loop_rounds", "feedback_loop_split", "feedback_loop_control"):
+            expected[loop_table] = []
         assert table_rows(store.engine) == expected
 
         # The store reads the old rows...
@@ -392,3 +394,33 @@ def test_a_store_a_development_build_altered_is_adopted(tmp_path: Path) -> None:
         assert store.record_predictions([record(), record()]) == 1
     finally:
         store.close()
+
+
+def test_revision_0004_adds_the_loop_tables_to_a_0003_store_and_goes_back(
+    databases: Callable[[], str],
+) -> None:
+    """A store at 0003 with rows gains the loop's empty tables, every row kept; downgrading
+    removes just them."""
+    url = databases()
+    previous_release(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(connection=conn), "0003")
+        before = table_rows(engine)
+        store = FeedbackStore(url)  # migrates to head
+        try:
+            assert version(store.engine) == [SCHEMA_REVISION] == ["0004"]
+            assert differences(store.engine) == []
+            after = table_rows(store.engine)
+            loop_tables = {"feedback_loop_rounds", "feedback_loop_split", "feedback_loop_control"}
+            assert {name: after[name] for name in loop_tables} == {name: [] for name in loop_tables}
+            assert {k: v for k, v in after.items() if k not in loop_tables} == before
+        finally:
+            store.close()
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(connection=conn), "0003")
+        assert table_rows(engine) == before
+        assert version(engine) == ["0003"]
+    finally:
+        engine.dispose()

@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from varco_labeler.engine.availability import check_model, unavailable_from_load
 from varco_labeler.engine.base import Engine
 from varco_labeler.engine.profiles import profile_for
 from varco_labeler.settings import LOAD_DTYPES, Settings
 
 
-def load_engine(settings: Settings, **options: Any) -> Engine:
+def load_engine(settings: Settings, *, allow_cpu: bool = False, **options: Any) -> Engine:
     """The OpenAI-compatible engine with VARCO_OPENAI_URL, else the model loaded here with
-    transformers (``options``: device, dtype, ... for ``TransformersEngine``)."""
+    transformers (``options``: device, dtype, ... for ``TransformersEngine``). A model that cannot
+    be had here (see ``availability.check_model``; ``allow_cpu`` lets a large one load without a
+    GPU) or fails to load raises ``ModelUnavailable``."""
     profile = profile_for(settings.model, settings.profile)
     if settings.openai_url:
         from varco_labeler.engine.openai_engine import OpenAIEngine
@@ -25,6 +28,8 @@ def load_engine(settings: Settings, **options: Any) -> Engine:
             model_version=settings.version,
             profile=profile,
         )
+    device = options.get("device")
+    found = check_model(settings, device=str(device) if device else None, allow_cpu=allow_cpu)
     from varco_labeler.engine.transformers_engine import TransformersEngine  # torch: only here
 
     loading = {
@@ -32,14 +37,20 @@ def load_engine(settings: Settings, **options: Any) -> Engine:
         "attn_implementation": settings.attn_implementation,
         "load_in_4bit": settings.load_in_4bit,
         "load_in_8bit": settings.load_in_8bit,
+        # A directory or a complete copy in the hub cache loads without asking the hub (which
+        # may hang offline).
+        "local_files_only": found.local,
     }
-    return TransformersEngine(
-        settings.model,
-        max_batch_size=settings.batch_size,
-        model_version=settings.version,
-        profile=profile,
-        **(loading | options),
-    )
+    try:
+        return TransformersEngine(
+            settings.model,
+            max_batch_size=settings.batch_size,
+            model_version=settings.version,
+            profile=profile,
+            **(loading | options),
+        )
+    except Exception as error:  # missing or corrupt files, an unknown architecture, no memory
+        raise unavailable_from_load(settings.model, error) from error
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser) -> None:

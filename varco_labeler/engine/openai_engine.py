@@ -22,10 +22,12 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from varco_labeler.engine import progress
 from varco_labeler.engine.base import Engine, Request, Result
 from varco_labeler.engine.confidence import Token, region_scores
 from varco_labeler.engine.profiles import Profile, profile_for
 from varco_labeler.engine.profiles import model_version as default_version
+from varco_labeler.retries import TransientError, retrying
 from varco_labeler.varco import clean_model_text, parse
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class OpenAIEngine(Engine):
     def _generate_one(self, request: Request) -> Result:
         started = time.perf_counter()
         reply = self._post_with_retries(self.request_body(request))
+        progress.report()  # an answer came; a server that never answers stalls the job
         choice = reply["choices"][0]
         raw = clean_model_text(choice["message"]["content"] or "")
         parsed = parse(raw)
@@ -121,26 +124,25 @@ class OpenAIEngine(Engine):
         )
 
     def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
-        attempt = 0
-        while True:
+        def post_once() -> dict[str, Any]:
             try:
                 response = self._client.post("/chat/completions", json=body)
-                if response.status_code not in _RETRY_STATUS:
-                    response.raise_for_status()
-                    return response.json()
-                error: Exception = httpx.HTTPStatusError(
+            except httpx.TransportError as error:  # timeouts, refused connections
+                raise TransientError(f"chat completion failed: {error!r}") from error
+            if response.status_code in _RETRY_STATUS:
+                error = httpx.HTTPStatusError(
                     f"{response.status_code} from the server",
                     request=response.request,
                     response=response,
                 )
-            except httpx.TransportError as transport_error:  # timeouts, refused connections
-                error = transport_error
-            if attempt >= self.retries:
-                raise error
-            delay = self.backoff * 2**attempt
-            attempt += 1
-            log.warning("chat completion failed (%s); retry %d in %.1f s", error, attempt, delay)
-            time.sleep(delay)
+                raise TransientError(f"chat completion failed: {error}") from error
+            response.raise_for_status()
+            return response.json()
+
+        try:
+            return retrying(post_once, attempts=self.retries + 1, backoff=self.backoff)()
+        except TransientError as error:  # the server's own error, after the last attempt
+            raise error.__cause__ from None  # type: ignore[misc]
 
 
 def _tokens(logprobs: dict[str, Any] | None) -> list[Token]:

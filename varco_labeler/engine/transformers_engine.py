@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from varco_labeler.engine import progress
 from varco_labeler.engine.base import Engine, Request, Result
 from varco_labeler.engine.confidence import Token, region_scores
 from varco_labeler.engine.profiles import Profile, profile_for
@@ -50,6 +51,7 @@ class TransformersEngine(Engine):
         attn_implementation: str | None = None,
         load_in_4bit: bool = False,
         load_in_8bit: bool = False,
+        local_files_only: bool = False,
         max_batch_size: int = 8,
         profile: Profile | None = None,
         model_version: str | None = None,
@@ -59,7 +61,11 @@ class TransformersEngine(Engine):
         self.profile = profile or profile_for(model)
         self.device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
         self.max_batch_size = max_batch_size
-        options: dict = {"dtype": dtype, "device_map": device_map or {"": str(self.device)}}
+        options: dict = {
+            "dtype": dtype,
+            "device_map": device_map or {"": str(self.device)},
+            "local_files_only": local_files_only,
+        }
         if attn_implementation:
             options["attn_implementation"] = attn_implementation
         quantization = _quantization(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
@@ -67,7 +73,7 @@ class TransformersEngine(Engine):
             options["quantization_config"] = quantization
         started = time.perf_counter()
         self.model = AutoModelForImageTextToText.from_pretrained(model, **options).eval()
-        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
         # Batches need left padding (generation continues at the right edge); the published
         # 14B-HF tokenizer does not set it.
         self.processor.tokenizer.padding_side = "left"
@@ -125,7 +131,7 @@ class TransformersEngine(Engine):
             **inputs,
             max_new_tokens=limit,
             do_sample=False,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([recorder, _ReportEachStep()]),
             return_dict_in_generate=True,
             pad_token_id=self.processor.tokenizer.pad_token_id,
         )
@@ -195,6 +201,15 @@ class TransformersEngine(Engine):
     def _added_tokens(self) -> dict[int, str]:
         decoder = self.processor.tokenizer.added_tokens_decoder
         return {token_id: added.content for token_id, added in decoder.items()}
+
+
+class _ReportEachStep(LogitsProcessor):
+    """Reports progress at every generation step: a CUDA call that never returns stops it, and
+    the worker's watchdog sees the job stall (see engine.progress)."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        progress.report()
+        return scores
 
 
 class _ChosenTokenLogProbs(LogitsProcessor):

@@ -195,6 +195,8 @@ def run_report(
         only=only,
     )
     report = build_report(examples, worst=worst, annotations=index)
+    if source == "store":
+        report["loop_rounds"] = loop_rounds(database_url, settings, project)
     if out_json:
         out_json.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     if out_html:
@@ -207,6 +209,19 @@ def run_report(
             fetcher.close()
         out_html.write_text(page, encoding="utf-8")
     return report, render_table(report)
+
+
+def loop_rounds(
+    database_url: str | None, settings: Settings, project: int | None
+) -> list[dict[str, Any]]:
+    """The active-learning loop's rounds and rollbacks (of a project), newest first."""
+    from varco_labeler.feedback.loop_records import LoopRecords
+
+    store = FeedbackStore(database_url, model_dir=settings.model_dir)
+    try:
+        return [r.to_json() for r in LoopRecords(store).rounds(project)]
+    finally:
+        store.close()
 
 
 def run_train(

@@ -344,6 +344,11 @@ def render_table(report: dict[str, Any]) -> str:
                 f"acceptance {_pct(data['effort']['acceptance_rate'])}%, "
                 f"{_seconds(data['time']['mean_seconds'])} per task"
             )
+    if report.get("loop_rounds"):
+        from varco_labeler.feedback.loop_records import round_line
+
+        lines += ["", "active-learning rounds (varco-labeler loop), newest first:"]
+        lines += [f"  {round_line(round_)}" for round_ in report["loop_rounds"][:10]]
     if report["worst_tasks"]:
         lines += ["", "review first (lowest F1):"]
         for task in report["worst_tasks"][:10]:

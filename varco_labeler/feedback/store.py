@@ -50,9 +50,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from varco_labeler.labelstudio.timestamps import iso as _iso
 from varco_labeler.labelstudio.timestamps import parse_timestamp
+from varco_labeler.settings import reveal
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ DELETE_ACTION = "ANNOTATIONS_DELETED"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The head of migrations/versions (a test checks it): a store already there opens without
 # loading Alembic at all.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 # The revision that describes the last release without migrations, and its tables.
 _UNVERSIONED_REVISION = "0001"
 _UNVERSIONED_TABLES = frozenset(
@@ -184,6 +186,55 @@ class SyncRow(Base):
     cursor: Mapped[datetime | None] = mapped_column(DateTime)
     synced_at: Mapped[datetime | None] = mapped_column(DateTime)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class LoopRoundRow(Base):
+    """One active-learning round of a project (``kind`` ``round``), or a rollback (``rollback``),
+    written step by step: ``state`` says how far it got, so a crashed round resumes there."""
+
+    __tablename__ = "feedback_loop_rounds"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    project: Mapped[int | None] = mapped_column(Integer)
+    number: Mapped[int | None] = mapped_column(Integer)  # the round's number in its project
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The newest correction the round counted (Label Studio's clock): the next round counts after.
+    data_until: Mapped[datetime | None] = mapped_column(DateTime)
+    serving_version: Mapped[str | None] = mapped_column(String(256))
+    candidate_version: Mapped[str | None] = mapped_column(String(256))
+    candidate_model: Mapped[str | None] = mapped_column(Text)
+    serving_score: Mapped[float | None] = mapped_column(Float)
+    candidate_score: Mapped[float | None] = mapped_column(Float)
+    # Data counts, options, full scores, timings, the re-labelling's outcome.
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        Index("ix_feedback_loop_rounds_project_number", "project", "number", unique=True),
+    )
+
+
+class LoopSplitRow(Base):
+    """Which side of the loop's split a corrected task fell on, once and for good."""
+
+    __tablename__ = "feedback_loop_split"
+    project: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    held_out: Mapped[bool] = mapped_column(Boolean)
+    round: Mapped[int] = mapped_column(Integer)  # the round that assigned it
+
+
+class LoopControlRow(Base):
+    """Whether a project's loop may start new rounds."""
+
+    __tablename__ = "feedback_loop_control"
+    project: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    paused: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime] = mapped_column(DateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
@@ -328,12 +379,12 @@ class FeedbackStore:
     """Predictions and annotations in SQL. ``url``: a SQLAlchemy URL, or None for SQLite in
     ``model_dir``."""
 
-    def __init__(self, url: str | None = None, model_dir: Path | None = None) -> None:
+    def __init__(self, url: str | SecretStr | None = None, model_dir: Path | None = None) -> None:
+        url = reveal(url)  # VARCO_DATABASE_URL may carry a password: plain only to connect
         if url is None:
             directory = Path(model_dir or ".")
             directory.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{directory / DEFAULT_FILE}"
-        self.url = url
         self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -623,6 +674,15 @@ class FeedbackStore:
                 "cancelled_annotations": count(AnnotationRow.was_cancelled.is_(True)),
                 "events": count(table=EventRow),
             }
+
+    # -- for the modules that keep tables here (the loop's) ---------------------------------
+    def transaction(self) -> _Transaction:
+        """One write transaction (SQLite: under this process's write lock)."""
+        return self._transaction()
+
+    def upsert(self, table: Any) -> Any:
+        """An INSERT for ``table`` that can take ``on_conflict_do_update`` (SQLite, PostgreSQL)."""
+        return self._insert(table)
 
     # -- internals -------------------------------------------------------------------------
     def _transaction(self) -> _Transaction:

@@ -16,30 +16,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from tenacity import (
-    before_sleep_log,
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from pydantic import SecretStr
 
 from varco_labeler.labelstudio.timestamps import parse_timestamp
+from varco_labeler.retries import ATTEMPTS, TransientError, retrying
+from varco_labeler.settings import reveal
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# httpx logs every request's full URL at INFO: a presigned URL's signature must never reach a log.
+# httpx logs every request's full URL at INFO, httpcore every response's headers (a redirect's
+# Location) at DEBUG: a presigned URL's signature must never reach a log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 # Label Studio's Data Manager caps a page at TASK_API_PAGE_SIZE_MAX (1,000 by default).
 PAGE_SIZE = 100
-# 1 + 2 + 4 + 8 + 16 s: rides out a Label Studio restart; a wrong address fails within a minute.
-ATTEMPTS = 6
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 
 
@@ -51,25 +46,6 @@ class LabelStudioUnavailable(LabelStudioError):
     """Label Studio could not be reached (down, restarting, a wrong URL)."""
 
 
-class TransientError(Exception):
-    """Worth another try: the server is restarting or the connection dropped."""
-
-
-def retrying(
-    function: Callable[..., T], *, attempts: int = ATTEMPTS, backoff: float = 1.0
-) -> Callable[..., T]:
-    """``function`` retried while it raises :class:`TransientError`, with exponential backoff
-    (``backoff``, twice that, ... at most 30 s) and a warning before each wait; after
-    ``attempts`` the last error is raised. The one retry policy for Label Studio and images."""
-    return retry(
-        retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=backoff, max=30),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )(function)
-
-
 def looks_like_personal_token(token: str) -> bool:
     """Personal access tokens are JWTs (three base64 parts); legacy tokens are hex strings."""
     return token.count(".") == 2 and token.startswith("eyJ")
@@ -78,9 +54,9 @@ def looks_like_personal_token(token: str) -> bool:
 class LabelStudioAuth(httpx.Auth):
     """Either token kind, for any httpx request to Label Studio (API calls, file downloads)."""
 
-    def __init__(self, url: str, api_key: str) -> None:
+    def __init__(self, url: str, api_key: str | SecretStr) -> None:
         self.url = url.rstrip("/")
-        self._key = api_key
+        self._key = reveal(api_key) or ""
         self._bearer: str | None = None
 
     def __repr__(self) -> str:
@@ -115,7 +91,7 @@ class LabelStudioAuth(httpx.Auth):
 
 def sdk_client(
     url: str,
-    api_key: str,
+    api_key: str | SecretStr,
     *,
     timeout: float = 60.0,
     httpx_client: httpx.Client | None = None,
@@ -127,7 +103,7 @@ def sdk_client(
 
     return LabelStudio(
         base_url=url.rstrip("/"),
-        api_key=api_key,
+        api_key=reveal(api_key),
         timeout=timeout,
         httpx_client=httpx_client,
         max_retries=max_retries,
@@ -140,7 +116,7 @@ class LabelStudioClient:
     def __init__(
         self,
         url: str,
-        api_key: str,
+        api_key: str | SecretStr,
         *,
         timeout: float = 30.0,
         attempts: int = ATTEMPTS,

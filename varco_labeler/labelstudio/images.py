@@ -16,14 +16,12 @@ from urllib.parse import ParseResult, unquote, urlparse
 import httpx
 from PIL import Image, ImageOps
 
-from varco_labeler.labelstudio.client import (
-    LabelStudioAuth,
-    LabelStudioError,
-    TransientError,
-    retrying,
-)
+from varco_labeler.labelstudio.client import LabelStudioAuth, LabelStudioError
+from varco_labeler.retries import TransientError, retrying
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from varco_labeler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ class ImageFetcher:
     def __init__(
         self,
         label_studio_url: str | None = None,
-        api_key: str | None = None,
+        api_key: str | SecretStr | None = None,
         allowed_hosts: tuple[str, ...] = (),
         local_roots: tuple[Path, ...] = (),
         max_bytes: int = 50 * 1024 * 1024,

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from varco_labeler.regions import Region
@@ -99,8 +99,65 @@ class _Name:
     label: str
 
 
+# Phrases remembered per label set: a project's model says the same few phrases again and again.
+_PHRASES_REMEMBERED = 4096
+
+
+class _Vocabulary:
+    """A label set's names (labels and aliases, normalised) and the phrases already matched."""
+
+    def __init__(self, labels: tuple[str, ...], aliases: tuple[tuple[str, str], ...]) -> None:
+        self.aliases = {
+            unicodedata.normalize("NFC", alias).casefold(): label for alias, label in aliases
+        }
+        names = [_Name(normalise(label), label) for label in labels]
+        names += [_Name(normalise(alias), label) for alias, label in aliases]
+        self.names = [name for name in names if name.words]
+        self.default_ocr_label = next(
+            (label for label in labels if normalise(label) == ("text",)),
+            labels[0] if labels else None,
+        )
+        self._matches: dict[str, str | None] = {}
+
+    def match(self, phrase: str) -> str | None:
+        """The label a phrase names, or None."""
+        try:
+            return self._matches[phrase]
+        except KeyError:
+            pass
+        if len(self._matches) >= _PHRASES_REMEMBERED:
+            self._matches.clear()
+        label = self._matches[phrase] = self._find(phrase)
+        return label
+
+    def _find(self, phrase: str) -> str | None:
+        alias = self.aliases.get(unicodedata.normalize("NFC", phrase).strip().casefold())
+        if alias:
+            return alias
+        words = normalise(phrase)
+        if words:
+            tests = (
+                lambda n: n.words == words,
+                lambda n: n.words == words[-len(n.words) :],  # head noun: "pink blanket"
+                lambda n: _contains(words, n.words),  # "remote control" holds "remote"
+            )
+            for test in tests:
+                matches = [name for name in self.names if test(name)]
+                if matches:
+                    return max(matches, key=lambda n: len(n.words)).label
+        return None
+
+
+@lru_cache(maxsize=64)
+def _vocabulary(labels: tuple[str, ...], aliases: tuple[tuple[str, str], ...]) -> _Vocabulary:
+    return _Vocabulary(labels, aliases)
+
+
 class LabelMapper:
-    """Picks the label for a phrase; ``fallback`` takes phrases that match nothing."""
+    """Picks the label for a phrase; ``fallback`` takes phrases that match nothing.
+
+    Cheap to make per job: the normalised names and matched phrases are shared per label set.
+    """
 
     def __init__(
         self,
@@ -113,39 +170,13 @@ class LabelMapper:
         for name, label in (("fallback", fallback), ("OCR", ocr_label)):
             if label is not None and label not in self.labels:
                 raise ValueError(f"{name} label {label!r} is not in the label config {self.labels}")
+        self._vocabulary = _vocabulary(self.labels, tuple((aliases or {}).items()))
         self.fallback = fallback
-        self.ocr_label = ocr_label or self._default_ocr_label()
-        self._aliases = {
-            unicodedata.normalize("NFC", alias).casefold(): label
-            for alias, label in (aliases or {}).items()
-        }
-        names = [_Name(normalise(label), label) for label in self.labels]
-        names += [_Name(normalise(alias), label) for alias, label in (aliases or {}).items()]
-        self._names = [name for name in names if name.words]
-
-    def _default_ocr_label(self) -> str | None:
-        """A label that says "text" if the project has one, else its first label."""
-        for label in self.labels:
-            if normalise(label) == ("text",):
-                return label
-        return self.labels[0] if self.labels else None
+        self.ocr_label = ocr_label or self._vocabulary.default_ocr_label
 
     def label_for(self, phrase: str) -> str | None:
-        alias = self._aliases.get(unicodedata.normalize("NFC", phrase).strip().casefold())
-        if alias:
-            return alias
-        words = normalise(phrase)
-        if words:
-            tests = (
-                lambda n: n.words == words,
-                lambda n: n.words == words[-len(n.words) :],  # head noun: "pink blanket"
-                lambda n: _contains(words, n.words),  # "remote control" holds "remote"
-            )
-            for test in tests:
-                matches = [name for name in self._names if test(name)]
-                if matches:
-                    return max(matches, key=lambda n: len(n.words)).label
-        return self.fallback
+        label = self._vocabulary.match(phrase)
+        return self.fallback if label is None else label
 
     def assign(self, regions: Iterable[Region], task: Task | str) -> tuple[list[Region], list[str]]:
         """Label regions for a project; returns the labelled regions and why others were dropped.

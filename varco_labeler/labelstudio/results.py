@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from varco_labeler.labelstudio.config import LabelConfig
-from varco_labeler.regions import Region, with_stable_ids
+from varco_labeler.regions import Region, stable_ids
 from varco_labeler.varco import Box, referring_prompt
 from varco_labeler.varco.prompts import DEFAULT_REFERRING_QUESTION
 
@@ -23,13 +24,18 @@ ResultItem = dict[str, Any]
 _PERCENT_DECIMALS = 6
 
 
+@lru_cache(maxsize=4096)  # round() to decimals is slow, and boxes repeat a few thousand values
+def _percent(fraction: float) -> float:
+    return round(100.0 * fraction, _PERCENT_DECIMALS)
+
+
 def rectangle_value(box: Box) -> dict[str, float]:
     """Percent geometry: x = 100*x1, y = 100*y1, width = 100*(x2-x1), height = 100*(y2-y1)."""
     return {
-        "x": round(100.0 * box.x1, _PERCENT_DECIMALS),
-        "y": round(100.0 * box.y1, _PERCENT_DECIMALS),
-        "width": round(100.0 * (box.x2 - box.x1), _PERCENT_DECIMALS),
-        "height": round(100.0 * (box.y2 - box.y1), _PERCENT_DECIMALS),
+        "x": _percent(box.x1),
+        "y": _percent(box.y1),
+        "width": _percent(box.x2 - box.x1),
+        "height": _percent(box.y2 - box.y1),
         "rotation": 0,
     }
 
@@ -65,10 +71,11 @@ def regions_to_results(
     regions: Sequence[Region], config: LabelConfig, width: int, height: int, seed: str = ""
 ) -> list[ResultItem]:
     """Result items for regions; degenerate boxes are left out. Ids are stable for equal input."""
+    shown = [region for region in regions if not region.box.is_degenerate]
     items: list[ResultItem] = []
-    for region in with_stable_ids([r for r in regions if not r.box.is_degenerate], seed):
+    for region, region_id in zip(shown, stable_ids(shown, seed), strict=True):
         base: ResultItem = {
-            "id": region.id,
+            "id": region_id,
             "to_name": config.image,
             "original_width": width,
             "original_height": height,
@@ -77,20 +84,28 @@ def regions_to_results(
         if region.score is not None:
             base["score"] = region.score
         geometry = rectangle_value(region.box)
-
-        def item(from_name: str, kind: str, extra: Mapping[str, Any], base=base, geometry=geometry):
-            return {**base, "from_name": from_name, "type": kind, "value": {**geometry, **extra}}
-
         labels = [region.label] if region.label else []
         if config.box_type == "rectanglelabels":
-            items.append(item(config.box_control, "rectanglelabels", {"rectanglelabels": labels}))
+            value = geometry | {"rectanglelabels": labels}
+            items.append(_item(base, config.box_control, "rectanglelabels", value))
         else:
-            items.append(item(config.box_control, "rectangle", {}))
+            items.append(_item(base, config.box_control, "rectangle", geometry.copy()))
             if config.labels_control and labels:
-                items.append(item(config.labels_control, "labels", {"labels": labels}))
+                value = geometry | {"labels": labels}
+                items.append(_item(base, config.labels_control, "labels", value))
         if config.text_control and region.text:
-            items.append(item(config.text_control, "textarea", {"text": [region.text]}))
+            value = geometry | {"text": [region.text]}
+            items.append(_item(base, config.text_control, "textarea", value))
     return items
+
+
+def _item(base: ResultItem, from_name: str, kind: str, value: dict[str, Any]) -> ResultItem:
+    """One result item: the region's common fields, then its control, type and value."""
+    item = base.copy()
+    item["from_name"] = from_name
+    item["type"] = kind
+    item["value"] = value
+    return item
 
 
 def results_to_regions(results: Iterable[Mapping[str, Any]], config: LabelConfig) -> list[Region]:

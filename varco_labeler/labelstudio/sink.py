@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 from label_studio_sdk.core.api_error import ApiError
+from pydantic import SecretStr
 
 from varco_labeler.labelstudio.client import sdk_client
+from varco_labeler.retries import TransientError, retrying
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class PredictionSink:
     def __init__(
         self,
         url: str,
-        api_key: str,
+        api_key: str | SecretStr,
         *,
         attempts: int = 6,
         backoff: float = 1.0,
@@ -54,10 +55,13 @@ class PredictionSink:
         ``may_have_landed=False`` says no earlier attempt can have pushed these (a job's first
         run). Returns (task ids pushed now, task ids that already had this version's prediction).
         """
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
+        tried = 0
+
+        def push_once() -> tuple[list[int], list[int]]:
+            nonlocal tried
+            tried += 1
             try:
-                check = may_have_landed or attempt > 1
+                check = may_have_landed or tried > 1
                 present = self._already_predicted(predictions) if check else set()
                 todo = [p for p in predictions if p["task"] not in present]
                 if todo:
@@ -66,14 +70,14 @@ class PredictionSink:
             except (httpx.HTTPError, ApiError) as error:
                 if isinstance(error, ApiError) and error.status_code and error.status_code < 500:
                     raise PushFailed(f"Label Studio refused the predictions: {error}") from error
-                if attempt == self.attempts:
-                    raise PushFailed(
-                        f"Label Studio unreachable after {attempt} attempts: {error}"
-                    ) from error
-                log.warning("push to Label Studio failed (%s); retrying in %.0f s", error, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                raise TransientError(f"push to Label Studio failed: {error}") from error
+
+        try:
+            return retrying(push_once, attempts=self.attempts, backoff=self.backoff)()
+        except TransientError as error:
+            raise PushFailed(
+                f"Label Studio unreachable after {tried} attempts: {error.__cause__}"
+            ) from error.__cause__
 
     def _already_predicted(self, predictions: Sequence[dict[str, Any]]) -> set[int]:
         present = set()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 # The model prints at most three decimals; finer precision is noise in its answers.
 DECIMALS = 3
+# Wider than this, a box keeps its area at the model's precision whatever the rounding.
+_SURELY_WIDE = 2 * 10**-DECIMALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +52,12 @@ class Box:
     @property
     def is_degenerate(self) -> bool:
         """True when the box has no area once written at the model's precision."""
-        r = self.rounded()
-        return r.x2 - r.x1 <= 0 or r.y2 - r.y1 <= 0
+        if self.x2 - self.x1 > _SURELY_WIDE and self.y2 - self.y1 > _SURELY_WIDE:
+            return False  # rounding moves each side by at most half a step
+        return (
+            round(self.x2, DECIMALS) - round(self.x1, DECIMALS) <= 0
+            or round(self.y2, DECIMALS) - round(self.y1, DECIMALS) <= 0
+        )
 
     def rounded(self) -> Box:
         return Box(*(round(v, DECIMALS) for v in self.as_tuple()))
@@ -67,9 +74,11 @@ class Box:
 
     def to_text(self) -> str:
         """The box as the model writes it: ``0.521, 0.049, 0.997, 0.783``."""
-        return _fmt_all(self.as_tuple())
+        fmt = format_coordinate
+        return f"{fmt(self.x1)}, {fmt(self.y1)}, {fmt(self.x2)}, {fmt(self.y2)}"
 
 
+@lru_cache(maxsize=4096)  # boxes repeat a few thousand values; formatting dominates region ids
 def format_coordinate(value: float) -> str:
     """Up to three decimals, no trailing zeros, as the model writes them: 0.99, 0.34, 1.0."""
     return repr(round(value, DECIMALS) + 0.0)  # + 0.0 turns -0.0 into 0.0

@@ -21,6 +21,13 @@ _CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<pad>")
 _TAG = re.compile(r"<(/?)(obj|char|bbox)>|<delim>")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _BOX_SEPARATORS = re.compile(r"[\s,]+")
+# A well-formed item: plain numbers, ", " separated, boxes joined by <delim>. Outputs made only of
+# these and tag-free text take the fast path of :func:`parse`; anything else the full parser.
+_PLAIN_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_PLAIN_BOX = rf"{_PLAIN_NUMBER}(?: *, *{_PLAIN_NUMBER}){{3}}"
+_WELL_FORMED_ITEM = re.compile(
+    rf"<(obj|char)>([^<]*)</\1><bbox>({_PLAIN_BOX}(?:<delim>{_PLAIN_BOX})*)</bbox>"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,40 @@ def clean_model_text(raw: str) -> str:
 
 def parse(raw: str) -> Parsed:
     """Parse raw model output. Never raises; see :class:`Parsed.problems` for what was lost."""
-    return _Parser(unicodedata.normalize("NFC", clean_model_text(raw))).run()
+    text = unicodedata.normalize("NFC", clean_model_text(raw))
+    return _parse_well_formed(text) or _Parser(text).run()
+
+
+def _parse_well_formed(text: str) -> Parsed | None:
+    """The common case, fast: every item well formed and every box in range and ordered, which
+    leaves the full parser nothing to repair or report. None for anything else."""
+    items: list[Item] = []
+    cursor = 0
+    for match in _WELL_FORMED_ITEM.finditer(text):
+        if match.start() != cursor and not _append_plain_text(text, cursor, match.start(), items):
+            return None
+        tag, phrase, numbers = match.groups()
+        # The pattern guarantees groups of four plain numbers with spaces around the commas.
+        values = [float(number) for number in numbers.replace("<delim>", ",").split(",")]
+        boxes = []
+        for start in range(0, len(values), 4):
+            x1, y1, x2, y2 = values[start : start + 4]
+            if not (0.0 <= x1 <= x2 <= 1.0 and 0.0 <= y1 <= y2 <= 1.0):
+                return None
+            boxes.append(Box(x1, y1, x2, y2))
+        items.append(_GROUNDED_BY_TAG[tag](phrase, tuple(boxes)))
+        cursor = match.end()
+    if cursor != len(text) and not _append_plain_text(text, cursor, len(text), items):
+        return None
+    return Parsed(tuple(items))
+
+
+def _append_plain_text(text: str, start: int, end: int, items: list[Item]) -> bool:
+    """Append text[start:end] as a Text item unless it holds a tag (the full parser's case)."""
+    if text.find("<", start, end) >= 0 and _TAG.search(text, start, end):
+        return False
+    items.append(Text(text[start:end]))
+    return True
 
 
 @dataclass
