@@ -97,9 +97,8 @@ def test_status_shows_a_running_prelabel_and_cancel_stops_it_losing_and_duplicat
     assert running.returncode == 130, output
     assert "cancelled (varco-labeler cancel)" in output
 
-    final = status(env, run_id)
-    tasks = final["tasks"]
-    assert final["state"] == "cancelled" and final["counts"].get("failed", 0) == 0
+    final, tasks = runs.read_run(redis, run_id), runs.task_states(redis, run_id)
+    assert final.state is runs.RunState.CANCELLED and "failed" not in final.counts
     assert {t["state"] for t in tasks.values()} <= {"done", "cancelled"}
     per_task = Counter(str(p.task) for p in ls_client.predictions.list(project=project))
     assert set(per_task.values()) == {1}, "a task got more than one prediction"
@@ -116,5 +115,5 @@ def test_status_shows_a_running_prelabel_and_cancel_stops_it_losing_and_duplicat
     assert f"done {len(cancelled_tasks)}, skipped {len(per_task)}" in again.stderr
     per_task = Counter(p.task for p in ls_client.predictions.list(project=project))
     assert len(per_task) == TASKS and set(per_task.values()) == {1}
-    latest = status(env)[0]
-    assert latest["project"] == project and latest["state"] == "done"
+    latest = runs.recent_runs(redis)[0]
+    assert latest.project == project and latest.state is runs.RunState.DONE

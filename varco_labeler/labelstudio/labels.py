@@ -12,11 +12,14 @@ Kiwi's morphological analysis (kiwipiepy): "고양이가" and "고양이들은" 
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 from varco_labeler.regions import Region
@@ -48,13 +51,49 @@ def _kiwi() -> Any:
 
 
 @cache
+def _noun_lemmas() -> dict[str, str]:
+    """lemminflect's dictionary of noun lemmas (first spelling), read from its own files.
+
+    lemminflect keeps every part of speech in memory (about 30 MB, and it imports numpy); the
+    backend needs nouns only, and lemminflect itself only for words outside its dictionary.
+    """
+    spec = importlib.util.find_spec("lemminflect")  # finds the files without importing numpy
+    assert spec is not None and spec.submodule_search_locations
+    resources = Path(spec.submodule_search_locations[0]) / "resources"
+    lemmas: dict[str, str] = {}
+    with gzip.open(resources / "lemma_lu.csv.gz", "rt", encoding="utf-8") as lookup:
+        for line in lookup:
+            word, category, forms = line.strip().split(",")
+            if category == "noun" and word.isascii() and word.isalpha() and word.islower():
+                lemma = forms.split("/", 1)[0].lower()
+                lemmas[word] = word if lemma == word else lemma
+    with open(resources / "lemma_overrides.csv", encoding="utf-8") as overrides:
+        for line in overrides:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                word, upos, lemma = line.split(",")
+                if upos == "NOUN":
+                    lemmas[word] = lemma.lower()
+    return lemmas
+
+
+def _noun_lemma(word: str) -> str:
+    """What ``lemminflect.getLemma(word, upos="NOUN")[0]`` says of a lower-case word, or the
+    word itself when it has no answer."""
+    lemma = _noun_lemmas().get(word)
+    if lemma is not None:
+        return lemma
+    from lemminflect import Lemmatizer  # rules for words outside the dictionary
+
+    lemmas = Lemmatizer().getAllLemmasOOV(word, "NOUN").get("NOUN")
+    return lemmas[0] if lemmas else word
+
+
+@cache
 def _singular(word: str) -> str:
     if not word.isascii() or not word.isalpha():
         return word
-    from lemminflect import getLemma
-
-    lemmas = getLemma(word, upos="NOUN")
-    lemma = lemmas[0] if lemmas else word
+    lemma = _noun_lemma(word)
     if lemma == word and not word.endswith("s"):
         # Irregular plurals the lemma dictionary keeps as they are ("people").
         return _inflect().singular_noun(word) or word
