@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from varco_labeler import doctor, releases, runs
-from varco_labeler.engine.availability import add_allow_cpu_argument
 from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.engine.profiles import DEFAULT_MODEL
 from varco_labeler.feedback import loop_commands
@@ -90,7 +89,7 @@ def _predict(args: argparse.Namespace) -> int:
     policy = Policy.resolve(settings, task=args.task, prompt=args.prompt)
     options = {} if settings.openai_url else {"device": args.device}
     try:
-        engine = load_engine(settings, allow_cpu=args.allow_cpu, **options)
+        engine = load_engine(settings, **options)
     except ModelUnavailable as error:
         return report(error, "varco-labeler predict", settings.log_level, rerun=_PREDICT_AGAIN)
     records = run_predict(
@@ -432,9 +431,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The current model release (MODEL_DIR/releases.json), else --model; swapped between
         # batches when one is published.
         try:
-            context = jobs.build_context(
-                settings, follow_releases=EMBEDDED, allow_cpu=args.allow_cpu
-            )
+            context = jobs.build_context(settings, follow_releases=EMBEDDED)
         except ModelUnavailable as error:
             return report(error, "varco-labeler serve", settings.log_level)
         jobs.install(context)
@@ -623,7 +620,6 @@ the rest is still written. Phrases that match no label are dropped unless --fall
     predict.add_argument("--max-new-tokens", type=int, help="default: the checkpoint profile's")
     predict.add_argument("--device", help="cuda:0, cpu, ... (default: cuda:0 if available)")
     add_loading_arguments(predict)
-    add_allow_cpu_argument(predict)
     predict.add_argument(
         "--profile",
         help="checkpoint profile to run the model under, e.g. VARCO-VISION-2.0-1.7B-OCR "
@@ -925,7 +921,6 @@ that much free RAM and disk to build.""",
         "--profile", help="checkpoint profile, embedded mode (env VARCO_PROFILE; see predict)"
     )
     add_loading_arguments(serve)
-    add_allow_cpu_argument(serve)
     serve.set_defaults(handler=_serve)
     _add_sync(commands)
     runs.add_command(commands)  # status, cancel

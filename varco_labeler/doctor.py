@@ -52,10 +52,8 @@ class Doctor:
         *,
         project: int | None = None,
         backend_url: str | None = None,
-        allow_cpu: bool = False,
     ) -> None:
         self.settings, self.project, self.backend_url = settings, project, backend_url
-        self.allow_cpu = allow_cpu
         self.passed: set[str] = set()
 
     def run(self) -> list[Check]:
@@ -230,7 +228,7 @@ class Doctor:
         if self.settings.openai_url:
             return self._openai_server()
         try:
-            found = check_model(self.settings, allow_cpu=self.allow_cpu)
+            found = check_model(self.settings)
         except ModelUnavailable as error:
             cause = f" ({error.cause})" if error.cause else ""
             ways = (
@@ -319,13 +317,13 @@ def _doctor(args: argparse.Namespace) -> int:
     from varco_labeler.settings import Settings, SettingsError
 
     try:
-        settings = Settings.from_env(model=args.model, redis_url=args.redis_url)
+        settings = Settings.from_env(
+            model=args.model, redis_url=args.redis_url, allow_cpu=args.allow_cpu
+        )
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    doctor = Doctor(
-        settings, project=args.project, backend_url=args.backend, allow_cpu=args.allow_cpu
-    )
+    doctor = Doctor(settings, project=args.project, backend_url=args.backend)
     checks = doctor.run()
     failed = any(check.status == FAILED for check in checks)
     if args.json:

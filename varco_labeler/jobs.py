@@ -140,17 +140,14 @@ def build_context(
     redis: Redis | None = None,
     *,
     follow_releases: str | None = None,
-    allow_cpu: bool = False,
 ) -> JobContext:
     """Load the engine (once per process) with what a job needs around it.
 
     ``follow_releases``: this process's name in the release channel; it then runs the current
     release (see :mod:`varco_labeler.releases`) and swaps to a new one between jobs.
-    ``allow_cpu``: load a large model without a GPU (see ``engine.availability``).
     """
-    from varco_labeler.engine.load import load_engine as load_any  # torch: only here
+    from varco_labeler.engine.load import load_engine  # torch: only here
 
-    load_engine = functools.partial(load_any, allow_cpu=allow_cpu)
     fetcher = ImageFetcher.from_settings(settings)
     cache = OutputCache(redis, ttl=settings.cache_ttl)
     if follow_releases is None:

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     attn_implementation: str | None = None
     load_in_4bit: bool = False
     load_in_8bit: bool = False
+    # Load a checkpoint too large for a CPU-only machine anyway (minutes per image).
+    allow_cpu: bool = False
     # `serve` reconciles the feedback store with Label Studio every this many seconds (what
     # `varco-labeler sync --all` does); 0: never (webhooks only, `sync` by hand).
     sync_interval: float = 0.0
@@ -283,6 +285,7 @@ _ENV_NAMES = {
     "attn_implementation": "VARCO_LOAD_ATTN_IMPLEMENTATION",
     "load_in_4bit": "VARCO_LOAD_IN_4BIT",
     "load_in_8bit": "VARCO_LOAD_IN_8BIT",
+    "allow_cpu": "VARCO_ALLOW_CPU",
     "metrics_port": "VARCO_METRICS_PORT",
     "job_stall_timeout": "VARCO_JOB_STALL_TIMEOUT",
 }

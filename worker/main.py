@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from rq.serializers import JSONSerializer
 
 from varco_labeler import jobs
-from varco_labeler.engine.availability import ModelUnavailable, add_allow_cpu_argument, report
+from varco_labeler.engine.availability import ModelUnavailable, report
 from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
 from varco_labeler.releases import ReleaseError
@@ -43,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
         "else by its name)",
     )
     add_loading_arguments(parser)
-    add_allow_cpu_argument(parser)
     parser.add_argument("--name", help="worker name shown in /health (default: host and pid)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
@@ -135,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.stall_timeout = settings.job_stall_timeout
     # The current model release (else --model), and each new one between jobs.
     try:
-        context = jobs.build_context(
-            settings, redis, follow_releases=worker.name, allow_cpu=args.allow_cpu
-        )
+        context = jobs.build_context(settings, redis, follow_releases=worker.name)
     except ModelUnavailable as error:
         return report(error, "varco-worker", settings.log_level)
     # prelabel and the backend ask which version the live workers run (see queue.model_versions).

@@ -163,11 +163,11 @@ def test_a_large_checkpoint_without_a_gpu_is_refused_unless_allowed(tmp_path: Pa
     with pytest.raises(ModelUnavailable, match="there is no GPU here") as refused:
         check_model(Settings(model=str(large)))
     assert "--allow-cpu" in refused.value.hint
-    assert check_model(Settings(model=str(large)), allow_cpu=True).device == "cpu"
+    assert check_model(Settings(model=str(large), allow_cpu=True)).device == "cpu"
     # More than any machine's memory: refused even when allowed.
     huge = _checkpoint(tmp_path / "huge", weights=1024**4 * 4)
     with pytest.raises(ModelUnavailable, match="of memory and this machine has"):
-        check_model(Settings(model=str(huge)), allow_cpu=True)
+        check_model(Settings(model=str(huge), allow_cpu=True))
 
 
 def test_a_complete_copy_in_the_hub_cache_is_used_without_the_hub(

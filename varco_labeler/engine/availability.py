@@ -94,18 +94,17 @@ class ModelCheck:
         return f"{self.model}: {self.where}{size}{on}"
 
 
-def add_allow_cpu_argument(parser: argparse.ArgumentParser) -> None:
+def add_allow_cpu_argument(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--allow-cpu",
-        action="store_true",
+        action="store_const",
+        const=True,
         help=f"load a checkpoint of over {CPU_WEIGHTS_LIMIT // _GB} GB on a machine without a "
-        "GPU anyway (minutes per image)",
+        "GPU anyway (minutes per image; env VARCO_ALLOW_CPU)",
     )
 
 
-def check_model(
-    settings: Settings, *, device: str | None = None, allow_cpu: bool = False
-) -> ModelCheck:
+def check_model(settings: Settings, *, device: str | None = None) -> ModelCheck:
     """Whether ``settings.model`` can be loaded here, without loading it; ModelUnavailable if
     not. ``device``: the one asked for (default: the first GPU, else the CPU; asking for the CPU
     allows it)."""
@@ -122,7 +121,7 @@ def check_model(
     found = locate(model)
     target = _device(device)
     if found.weights_bytes:
-        _check_fits(model, found.weights_bytes, settings, target, allow_cpu or device == "cpu")
+        _check_fits(model, found.weights_bytes, settings, target, asked_for_cpu=device == "cpu")
     return ModelCheck(model, found.local, found.where, found.weights_bytes, target)
 
 
@@ -320,7 +319,9 @@ def _device(requested: str | None) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-def _check_fits(model: str, weights: int, settings: Settings, device: str, allow_cpu: bool) -> None:
+def _check_fits(
+    model: str, weights: int, settings: Settings, device: str, *, asked_for_cpu: bool
+) -> None:
     needed = int(_loaded_bytes(weights, settings) * HEADROOM)
     if device.startswith("cuda"):
         import torch
@@ -334,12 +335,12 @@ def _check_fits(model: str, weights: int, settings: Settings, device: str, allow
                 hint="--load-in-4bit needs about a quarter of that (bitsandbytes).",
             )
         return
-    if weights > CPU_WEIGHTS_LIMIT and not allow_cpu:
+    if weights > CPU_WEIGHTS_LIMIT and not (settings.allow_cpu or asked_for_cpu):
         raise ModelUnavailable(
             model,
             f"there is no GPU here, and its {gigabytes(weights)} of weights would take minutes "
             "per image on a CPU",
-            hint="--allow-cpu loads it anyway.",
+            hint="--allow-cpu (or VARCO_ALLOW_CPU=1) loads it anyway.",
         )
     available, total = system_memory()
     if available is not None and needed > available:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from varco_labeler.engine.availability import check_model, unavailable_from_load
+from varco_labeler.engine.availability import (
+    add_allow_cpu_argument,
+    check_model,
+    unavailable_from_load,
+)
 from varco_labeler.engine.base import Engine
 from varco_labeler.engine.profiles import profile_for
 from varco_labeler.settings import LOAD_DTYPES, Settings
 
 
-def load_engine(settings: Settings, *, allow_cpu: bool = False, **options: Any) -> Engine:
+def load_engine(settings: Settings, **options: Any) -> Engine:
     """The OpenAI-compatible engine with VARCO_OPENAI_URL, else the model loaded here with
     transformers (``options``: device, dtype, ... for ``TransformersEngine``). A model that cannot
-    be had here (see ``availability.check_model``; ``allow_cpu`` lets a large one load without a
-    GPU) or fails to load raises ``ModelUnavailable``."""
+    be had here (see ``availability.check_model``) or fails to load raises ``ModelUnavailable``."""
     profile = profile_for(settings.model, settings.profile)
     if settings.openai_url:
         from varco_labeler.engine.openai_engine import OpenAIEngine
@@ -29,7 +32,7 @@ def load_engine(settings: Settings, *, allow_cpu: bool = False, **options: Any) 
             profile=profile,
         )
     device = options.get("device")
-    found = check_model(settings, device=str(device) if device else None, allow_cpu=allow_cpu)
+    found = check_model(settings, device=str(device) if device else None)
     from varco_labeler.engine.transformers_engine import TransformersEngine  # torch: only here
 
     loading = {
@@ -79,9 +82,10 @@ def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="8-bit weights with bitsandbytes, on a GPU (env VARCO_LOAD_IN_8BIT)",
     )
+    add_allow_cpu_argument(loading)
 
 
 def loading_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The loading flags given, as Settings overrides."""
-    names = ("load_dtype", "attn_implementation", "load_in_4bit", "load_in_8bit")
+    names = ("load_dtype", "attn_implementation", "load_in_4bit", "load_in_8bit", "allow_cpu")
     return {name: getattr(args, name, None) for name in names}
