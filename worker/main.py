@@ -111,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varco-worker: metrics port {settings.metrics_port}: {error}", file=sys.stderr)
         return 2
     redis = connect(settings.redis_url)
+    try:
+        redis.ping()
+    except RedisError as error:
+        # The URL may carry a password: name the variable and the error, not the URL.
+        cause = str(error).rstrip(".")
+        print(
+            f"varco-worker: the queue's Redis (REDIS_URL) does not answer ({cause}). Start Redis "
+            "or point REDIS_URL (--redis-url) at the backend's; `varco-labeler doctor` checks it.",
+            file=sys.stderr,
+        )
+        return 2
     log.info(
         "loading %s on CUDA_VISIBLE_DEVICES=%s",
         settings.model,

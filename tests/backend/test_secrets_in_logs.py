@@ -105,16 +105,21 @@ def _drive(processes: Processes, redis_url: str, host: Any, bucket: str) -> list
 
 
 def _refused_setting(env: dict[str, str]) -> str:
-    """A worker refused at start for a wrong REDIS_URL: the message names the variable and
-    shows the URL without its password."""
-    wrong = f"http://:{REDIS_PASSWORD}@127.0.0.1:1/0"
-    done = subprocess.run(
-        [str(BIN / "varco-worker")],
-        env={**env, "REDIS_URL": wrong},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert "REDIS_URL='http://:***@127.0.0.1:1/0' must start with redis://" in done.stderr
-    return done.stdout + done.stderr
+    """A worker refused at start for a wrong REDIS_URL, then for a Redis that does not answer:
+    each message names the variable, without the password and without a traceback."""
+    outputs = []
+    for url, expected in (
+        (f"http://:{REDIS_PASSWORD}@127.0.0.1:1/0", "REDIS_URL='http://:***@127.0.0.1:1/0' must"),
+        (f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0", "Redis (REDIS_URL) does not answer"),
+    ):
+        done = subprocess.run(
+            [str(BIN / "varco-worker")],
+            env={**env, "REDIS_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert expected in done.stderr and "Traceback" not in done.stderr
+        outputs.append(done.stdout + done.stderr)
+    return "".join(outputs)
