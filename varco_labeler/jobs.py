@@ -284,11 +284,15 @@ def prelabel_batch(
     # A queue job run again (its worker died, or it failed) may have pushed before: check for
     # that. Without a queue (embedded) a batch runs once.
     rerun = job is not None and (job.retries_left or 0) < context.settings.job_retries
+    # A run that gave way before it failed already handed its rest to a continuation job.
+    continued: dict[str, Any] | None = job.meta.get("continued") if rerun else None
+    if continued:
+        handed = set(continued["tasks"])
+        items = [item for item in items if item["task_id"] not in handed]
     push = BackgroundPush(context.label_studio(), project, may_have_landed=rerun)
     records: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     done: set[int] = set()
-    continued: dict[str, Any] | None = None
     try:
         for chunk in predict_stream(items):
             predictions, chunk_failed = convert_batch(
@@ -301,6 +305,8 @@ def prelabel_batch(
             if len(done) < len(items) and job is not None and _someone_waits(context, job):
                 rest = [item for index, item in enumerate(items) if index not in done]
                 continued = _continue_later(context.settings, project, policy_json, rest)
+                job.meta["continued"] = continued  # a rerun of this job must not do them too
+                job.save_meta()
                 break
         pushed, present = push.finish()
     finally:

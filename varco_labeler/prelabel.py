@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from label_studio_sdk import LabelStudio
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
@@ -35,6 +34,9 @@ from varco_labeler.queue import RQDispatcher, batches
 from varco_labeler.releases import ReleaseChannel
 from varco_labeler.runs import RunRecorder, RunState, TaskState
 from varco_labeler.settings import Settings
+
+if TYPE_CHECKING:  # the SDK loads pandas and numpy; sdk_client() imports it when connecting
+    from label_studio_sdk import LabelStudio
 
 log = logging.getLogger(__name__)
 

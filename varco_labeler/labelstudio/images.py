@@ -122,6 +122,9 @@ class ImageFetcher:
         self._resolve = resolve or _addresses
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
         self._get = retrying(self._get_once, attempts=_RETRY_ATTEMPTS, backoff=_RETRY_BACKOFF)
+        self._get_elsewhere = retrying(
+            self._get_once, attempts=_ELSEWHERE_ATTEMPTS, backoff=_RETRY_BACKOFF
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageFetcher:
@@ -200,9 +203,9 @@ class ImageFetcher:
             raise ImageError(f"{self._redact(url)}: Label Studio redirected to a non-http(s) URL")
         self._check_address(parsed.hostname or "", url)
         try:
-            answer = self._get(url, None)
+            answer = self._get_elsewhere(url, None)
         except TransientError as error:  # another host down: this task fails, not its whole job
-            raise ImageError(f"{error} after {_RETRY_ATTEMPTS} attempts") from None
+            raise ImageError(f"{error} after {_ELSEWHERE_ATTEMPTS} attempts") from None
         if isinstance(answer, _Redirect):
             origin = "the presigned URL" if redirected_by_label_studio else "the image host"
             raise ImageError(
@@ -289,8 +292,9 @@ CLOUD_SCHEMES = frozenset({"s3", "gs", "gcs", "azure-blob"})
 # Paths Label Studio serves itself: uploads, local files, cloud objects resolved per task or
 # project (presigned redirect or proxied bytes), and its own file storage.
 LABEL_STUDIO_PATHS = ("/data/", "/tasks/", "/projects/", "/storage-data/")
-# 1 + 2 + 4 + 8 + 16 s: rides out a Label Studio restart; a refused connection fails fast.
-_RETRY_ATTEMPTS, _RETRY_BACKOFF = 6, 1.0
+# Label Studio: 1 + 2 + 4 + 8 + 16 s rides out a restart (and then the job runs again). Any
+# other host: one retry after 1 s, then the task fails alone rather than hold up its batch.
+_RETRY_ATTEMPTS, _ELSEWHERE_ATTEMPTS, _RETRY_BACKOFF = 6, 2, 1.0
 # Cloud metadata services: AWS, GCP, Azure (169.254.169.254) and AWS's IPv6 address.
 _METADATA = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
