@@ -14,6 +14,7 @@ from varco_labeler import doctor, releases, runs
 from varco_labeler.engine.load import add_loading_arguments, loading_flags
 from varco_labeler.engine.profiles import DEFAULT_MODEL
 from varco_labeler.feedback import loop_commands
+from varco_labeler.feedback.store import StoreUnavailable
 from varco_labeler.labelstudio import LabelConfigError, ordering, read_label_config
 from varco_labeler.labelstudio.import_file import convert_lines
 
@@ -421,6 +422,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Opened first: a wrong VARCO_DATABASE_URL fails before minutes of model loading.
+    feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     if settings.embedded:
         from varco_labeler import jobs
         from varco_labeler.engine.availability import ModelUnavailable, report
@@ -438,7 +441,6 @@ def _serve(args: argparse.Namespace) -> int:
         dispatcher = InlineDispatcher(jobs.predict_batch, settings.batch_size, jobs.engine_version)
     else:
         dispatcher = RQDispatcher(settings)
-    feedback = FeedbackStore(settings.database_url, model_dir=settings.model_dir)
     backend = Backend(settings, dispatcher, feedback)
     if settings.embedded:  # the jobs run in this process: /metrics shows theirs too
         backend.metrics.watch(jobs.metrics())
@@ -933,7 +935,11 @@ that much free RAM and disk to build.""",
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except StoreUnavailable as error:
+        print(f"varco-labeler {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

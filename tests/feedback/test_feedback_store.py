@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from helpers import labelstudio_fixture
 
 from varco_labeler.feedback.sources import examples_from_store
-from varco_labeler.feedback.store import FeedbackStore, PredictionRecord
+from varco_labeler.feedback.store import FeedbackStore, PredictionRecord, StoreUnavailable
 from varco_labeler.regions import Region
 from varco_labeler.varco import Box
 
@@ -179,3 +181,26 @@ def test_a_store_made_by_an_earlier_release_gains_the_new_columns(tmp_path: Path
         assert [p["model_version"] for p in store.predictions_by_task()[1]] == ["old"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nodb://x", "postgresql+psycopg://u:hidden-pw@127.0.0.1:1/db", "sqlite:////no/such/dir/x.db"],
+)
+def test_a_store_that_cannot_be_opened_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(StoreUnavailable, match="VARCO_DATABASE_URL=") as refused:
+        FeedbackStore(url)
+    assert "hidden-pw" not in str(refused.value)
+
+
+def test_serve_with_a_wrong_database_url_says_so_before_loading_the_model(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "varco_labeler.cli", "serve", "--model", str(tmp_path / "none")],
+        env={"VARCO_DATABASE_URL": "postgresql+psycopg://u:hidden-pw@127.0.0.1:1/db", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "VARCO_DATABASE_URL=postgresql+psycopg://u:***@127.0.0.1:1/db" in done.stderr
+    assert "Traceback" not in done.stderr and "hidden-pw" not in done.stdout + done.stderr

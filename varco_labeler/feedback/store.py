@@ -45,7 +45,8 @@ from sqlalchemy import column as sql_column
 from sqlalchemy import table as sql_table
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from varco_labeler.labelstudio.timestamps import iso as _iso
@@ -375,6 +376,23 @@ class _Event:
         return cls(action, project_id, ids)
 
 
+class StoreUnavailable(RuntimeError):
+    """The feedback store cannot be opened; the message names VARCO_DATABASE_URL, no password."""
+
+
+def _unusable(url: str, error: Exception) -> str:
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = "(not a database URL)"
+    cause = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return (
+        f"the feedback store (VARCO_DATABASE_URL={shown}) cannot be opened: {cause}. Set it to "
+        "sqlite:///path/to/file.db or postgresql+psycopg://user:password@host/db, or unset it "
+        "for SQLite under MODEL_DIR."
+    )
+
+
 class FeedbackStore:
     """Predictions and annotations in SQL. ``url``: a SQLAlchemy URL, or None for SQLite in
     ``model_dir``."""
@@ -385,14 +403,17 @@ class FeedbackStore:
             directory = Path(model_dir or ".")
             directory.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{directory / DEFAULT_FILE}"
-        self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-            # SQLite allows one writer: serialise ours instead of failing with "database locked".
-            self._write_lock: threading.Lock | None = threading.Lock()
-        else:
-            self._write_lock = None
-        migrate(self.engine)
+        try:
+            self.engine: Engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+                # SQLite allows one writer: serialise ours, not fail with "database locked".
+                self._write_lock: threading.Lock | None = threading.Lock()
+            else:
+                self._write_lock = None
+            migrate(self.engine)
+        except (ArgumentError, NoSuchModuleError, DBAPIError, OSError) as error:
+            raise StoreUnavailable(_unusable(url, error)) from error
 
     def close(self) -> None:
         self.engine.dispose()
