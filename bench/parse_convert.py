@@ -90,5 +90,9 @@ def run(ctx: Context) -> Report:
         ["output", "chars", "items", "parse/s", "parse items/s", "convert/s", "convert items/s"],
         rows,
     )
-    notes = ["convert = prediction_from_varco: parse + regions + label mapping + result JSON."]
+    notes = [
+        "convert = prediction_from_varco: parse + regions + label mapping + result JSON.",
+        "per second of this process's CPU time (one core), so other processes' turns on a "
+        "shared machine do not count.",
+    ]
     return Report("parse", [table], data, notes)
