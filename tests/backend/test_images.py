@@ -170,6 +170,6 @@ def test_an_unreachable_host_fails_its_image_and_label_studio_down_is_worth_a_re
     with pytest.raises(ImageUnavailable, match="cannot connect"):
         fetcher.fetch("/data/upload/1/x.png")  # Label Studio itself: run the job again later
     other = ImageFetcher(allowed_hosts=("localhost",))
-    with pytest.raises(ImageError, match="cannot connect.*after 2 attempts") as failed:
+    with pytest.raises(ImageError, match=r"cannot connect.*after 2 attempts") as failed:
         other.fetch(f"http://localhost:{free_port()}/x.png")  # another host: fails after 1 retry
     assert not isinstance(failed.value, ImageUnavailable)
