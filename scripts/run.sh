@@ -7,4 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
 if [ $# -eq 0 ]; then set -- serve; fi
+# Messages then suggest commands the way this user runs them.
+export VARCO_INVOKED_AS=./scripts/run.sh
 exec .venv/bin/varco-labeler "$@"

@@ -70,6 +70,19 @@ def test_serve_offline_without_a_local_copy_prints_the_paragraph(tmp_path: Path)
     _assert_paragraph(done, "varco-labeler serve", "HF_HUB_OFFLINE is set")
 
 
+def test_run_sh_on_a_machine_without_hub_or_gpu_prints_the_paragraph(tmp_path: Path) -> None:
+    """The README's first command, as a new user runs it here: setup (already done, so quick),
+    then serve with the default 14B model, which cannot be had."""
+    env = _clean_env(tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run.sh"
+    done = subprocess.run(
+        [str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    _assert_paragraph(done, "./scripts/run.sh serve", "there is no local copy and the model hub")
+    text = " ".join(done.stderr.split())
+    assert "./scripts/run.sh tiny-model /tmp/tiny && VARCO_MODEL=/tmp/tiny ./scripts/run.sh" in text
+
+
 def test_predict_with_an_unreachable_hub_prints_the_paragraph(tmp_path: Path) -> None:
     image = tmp_path / "red.png"
     from PIL import Image

@@ -363,10 +363,12 @@ def _loaded_bytes(weights: int, settings: Settings) -> int:
 
 
 def _as_typed(command: str) -> str:
-    """``command`` as this user can type it: our console script by its path when it is not on
-    PATH (``./scripts/run.sh`` runs ``.venv/bin/varco-labeler``)."""
+    """``command`` as this user can type it: ``./scripts/run.sh`` when that started us (it says
+    so in VARCO_INVOKED_AS), else our console script by its path when it is not on PATH."""
     program, _, rest = command.partition(" ")
-    if program in ("varco-labeler", "varco-worker") and shutil.which(program) is None:
+    if program == "varco-labeler" and os.environ.get("VARCO_INVOKED_AS"):
+        program = os.environ["VARCO_INVOKED_AS"]
+    elif program in ("varco-labeler", "varco-worker") and shutil.which(program) is None:
         beside = Path(sys.argv[0]).parent / program
         if beside.is_file():
             program = str(beside)
