@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from bench.bulk import _predicted, _project
 from bench.common import BIN, Context, Processes, Report, Table, child_env, free_port
 from bench.labelstudio import LabelStudio
 from bench.labelstudio import start as start_label_studio
-from bench.simgpu import LABEL_CONFIG, GpuTimes, SimulatedGpuEngine
+from bench.simgpu import LABEL_CONFIG, TRACE_ENV, GpuTimes, SimulatedGpuEngine
 
 WORKERS = (1, 2, 4)
 IMPORT_DELAY_S = 0.5  # what the slow proxy adds to each prediction import
@@ -117,11 +118,19 @@ class Bench:
         times = self.plan.times
         return ["--fixed", str(times.fixed), "--per-image", str(times.per_image)]
 
-    def workers(self, processes: Processes, count: int, env: dict[str, str], redis: str) -> None:
+    def workers(
+        self, processes: Processes, count: int, env: dict[str, str], redis: str, root: Path
+    ) -> dict[str, Path]:
+        """Start ``count`` simulated-GPU workers; returns each one's GPU trace file."""
+        traces = {}
         for index in range(count):
             name = f"sim-gpu-{index}"
+            traces[name] = root / f"gpu-trace-{name}.txt"
+            traces[name].unlink(missing_ok=True)
             argv = [sys.executable, "-m", "bench.simgpu", "worker", "--name", name]
-            processes.worker(name, [*argv, "--redis-url", redis, *self.gpu_args()], env, redis)
+            argv += ["--redis-url", redis, *self.gpu_args()]
+            processes.worker(name, argv, env | {TRACE_ENV: str(traces[name])}, redis)
+        return traces
 
     def prelabel(self, workers: int, import_delay: float = 0.0) -> dict[str, Any]:
         tasks = self.paths[: self.plan.prelabel_tasks]
@@ -134,13 +143,13 @@ class Bench:
             if import_delay:
                 url = self.slow_proxy(processes, import_delay)
             env = self.env(REDIS_URL=redis, MODEL_DIR=str(root), LABEL_STUDIO_URL=url)
-            self.workers(processes, workers, env, redis)
+            traces = self.workers(processes, workers, env, redis, root)
             argv = [str(BIN / "varco-labeler"), "prelabel", "--project", str(project)]
             started = time.perf_counter()
             limit = self.ctx.pick(300, 3600, 7200)  # a stuck run fails instead of hanging
             run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=limit)
             command_seconds = time.perf_counter() - started
-            seconds = _jobs_window(redis)
+            timeline = _timeline(redis, traces)
         done = re.search(r"done (\d+), skipped (\d+) .*, failed (\d+)", run.stderr)
         if run.returncode != 0 or not done or int(done.group(1)) != len(tasks):
             raise RuntimeError(f"prelabel failed ({run.returncode}): {run.stderr[-1500:]}")
@@ -150,8 +159,9 @@ class Bench:
         return {
             "tasks": len(tasks),
             "workers": workers,
-            "seconds": seconds,
+            "seconds": timeline.pop("seconds"),
             "command_seconds": command_seconds,
+            "gpu_idle": timeline,
         }
 
     def image_serving_rate(self) -> float:
@@ -189,7 +199,7 @@ class Bench:
         with Processes(root / "logs") as processes:
             redis = processes.redis()
             env = self.env(REDIS_URL=redis, MODEL_DIR=str(root), **_NO_DEADLINE)
-            self.workers(processes, workers, env, redis)
+            self.workers(processes, workers, env, redis, root)
             backend = processes.backend("queue-backend", env)
             seconds = _one_predict(backend.url, project, task_list)
         return {"tasks": len(tasks), "workers": workers, "seconds": seconds}
@@ -216,11 +226,14 @@ class Bench:
         return {"tasks": len(tasks), "workers": 1, "seconds": seconds}
 
 
-def _jobs_window(redis_url: str) -> float:
-    """Seconds from the first job queued to the last one finished (RQ's own timestamps).
+def _timeline(redis_url: str, traces: dict[str, Path]) -> dict[str, Any]:
+    """The run's window and where its GPUs idled, from RQ's job timestamps and the GPU traces.
 
-    A prelabel run's steady state: the command's start-up before it queues anything (imports,
-    reading the project from Label Studio) is a fixed cost, reported apart.
+    The window runs from the first job queued to the last one finished: a prelabel run's steady
+    state (the command's start-up before it queues anything, imports and reading the project from
+    Label Studio, is a fixed cost, reported apart). Idle time per job, averaged: before its first
+    GPU batch (its first images downloaded), between its batches, after its last batch (the last
+    conversion and push), and from a job's end to the same worker's next job (the queue).
     """
     from redis import Redis
     from rq.job import Job
@@ -229,10 +242,37 @@ def _jobs_window(redis_url: str) -> float:
     connection = Redis.from_url(redis_url)
     ids = [key.decode().removeprefix("rq:job:") for key in connection.scan_iter("rq:job:*")]
     jobs = [j for j in Job.fetch_many(ids, connection, serializer=JSONSerializer) if j]
-    if not jobs or any(job.ended_at is None for job in jobs):
+    if not jobs or any(job.ended_at is None or job.started_at is None for job in jobs):
         raise RuntimeError("prelabel left jobs unfinished")
-    first = min(job.enqueued_at for job in jobs if job.enqueued_at)
-    return (max(job.ended_at for job in jobs if job.ended_at) - first).total_seconds()
+    first = min(job.enqueued_at for job in jobs if job.enqueued_at).timestamp()
+    last = max(job.ended_at for job in jobs if job.ended_at).timestamp()
+    busy, before, between, after, queue = 0.0, [], [], [], []
+    for name, path in traces.items():
+        batches = [tuple(map(float, line.split()[:2])) for line in path.read_text().splitlines()]
+        busy += sum(end - start for start, end in batches)
+        mine = sorted((j for j in jobs if j.worker_name == name), key=lambda j: j.started_at)
+        for job, following in zip(mine, [*mine[1:], None], strict=True):
+            began, ended = job.started_at.timestamp(), job.ended_at.timestamp()
+            inside = [b for b in batches if began <= b[0] <= ended]
+            if inside:
+                before.append(inside[0][0] - began)
+                after.append(ended - inside[-1][1])
+                between.append(sum(b[0] - a[1] for a, b in pairwise(inside)))
+            if following is not None:
+                queue.append(following.started_at.timestamp() - ended)
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return {
+        "seconds": last - first,
+        "busy_share": busy / ((last - first) * len(traces)),
+        "jobs": len(jobs),
+        "before_first_batch_s": mean(before),
+        "between_batches_s": mean(between),
+        "after_last_batch_s": mean(after),
+        "between_jobs_s": mean(queue),
+    }
 
 
 _NO_DEADLINE = {"VARCO_PREDICT_DEADLINE": "86400", "VARCO_MAX_PENDING_TASKS": "1000000"}
@@ -351,12 +391,39 @@ def _report(plan: Plan, gpu_rate: float, runs: dict[str, dict[str, Any]]) -> Rep
         ["path", "tasks", "s", "command s", "tasks/s", "GPU busy", "x 1 worker", "x sync"],
         rows,
     )
+    idle = Table(
+        "pipeline: where the simulated GPUs idled (prelabel runs; seconds per job, averaged)",
+        [
+            "path",
+            "jobs",
+            "GPU busy (traced)",
+            "before 1st batch",
+            "between batches",
+            "after last",
+            "between jobs",
+        ],
+        [
+            [
+                name,
+                result["gpu_idle"]["jobs"],
+                result["gpu_idle"]["busy_share"],
+                result["gpu_idle"]["before_first_batch_s"],
+                result["gpu_idle"]["between_batches_s"],
+                result["gpu_idle"]["after_last_batch_s"],
+                result["gpu_idle"]["between_jobs_s"],
+            ]
+            for name, result in runs.items()
+            if "gpu_idle" in result
+        ],
+    )
     notes = [
         "GPU busy = tasks/s over (workers x the engine's own images/s at this batch size; "
-        "at batch 1 for the synchronous path).",
+        "at batch 1 for the synchronous path). GPU busy (traced) = the time the simulated GPUs "
+        "slept in batches over workers x the window, from their own trace: the two agree when "
+        "every batch is full.",
         "prelabel s = first job queued to last job finished (RQ's timestamps); command s = the "
         "whole command, its start-up included (imports, reading the project).",
         "synchronous = the model in the request at batch 1 (the example backends), "
         f"{1 / times.batch(1):.2f} images/s at best, plus one import of its predictions.",
     ]
-    return Report("pipeline", [table], data, notes)
+    return Report("pipeline", [table, idle], data, notes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import sys
 import threading
@@ -41,6 +42,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "varco"
 LABEL_CONFIG = label_config("grounding", ["Cat", "Remote", "Blanket"])
 PROMPT_TOKENS = 729 + 20  # one 384 px tile of SigLIP tokens and the chat template around the prompt
 MODEL_VERSION = "simulated-gpu-14b"
+# A file each batch's start and end (Unix time) and size are appended to: when the "GPU" was busy.
+TRACE_ENV = "VARCO_BENCH_GPU_TRACE"
 _NUMBER = re.compile(r"\d\.\d+|[01](?![\d.])")
 
 
@@ -79,16 +82,20 @@ class SimulatedGpuEngine(Engine):
         self._gpu = threading.Lock()  # one device: concurrent callers queue for it
         self._serial = itertools.count()
         self.busy_seconds = 0.0  # time spent "on the GPU", for checking what a run measured
+        self.trace = os.environ.get(TRACE_ENV)
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         results: list[Result] = []
         for start in range(0, len(requests), self.max_batch_size):
             batch = requests[start : start + self.max_batch_size]
             with self._gpu:
-                started = time.perf_counter()
+                started, wall = time.perf_counter(), time.time()
                 time.sleep(self.times.batch(len(batch)))
                 seconds = time.perf_counter() - started
                 self.busy_seconds += seconds
+                if self.trace:
+                    with open(self.trace, "a") as trace:
+                        trace.write(f"{wall:.6f} {wall + seconds:.6f} {len(batch)}\n")
             results += [self._answer(request, seconds) for request in batch]
         return results
 

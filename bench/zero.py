@@ -78,7 +78,9 @@ def run_worker(args: argparse.Namespace, engine: EngineFactory = zero_cost) -> i
     settings = Settings.from_env(redis_url=args.redis_url, queue_name=args.queue)
     logging.basicConfig(level=settings.log_level)
     redis = connect(settings.redis_url or "")
-    jobs.install(context(settings, redis, engine))
+    installed = context(settings, redis, engine)
+    installed.warm_up()  # as varco-worker does before it takes a job
+    jobs.install(installed)
     worker = HeartbeatWorker(
         queue_names(settings.queue_name),  # every priority, highest first, as varco-worker
         connection=redis,

@@ -146,3 +146,16 @@ def test_a_batch_is_pushed_while_the_next_runs_and_the_job_returns_everything(in
     assert sink.imports[0] == [100, 101, 102, 103]
     assert sorted(task for tasks in sink.imports for task in tasks) == result["pushed"]
     assert len(result["records"]) == 10 and result["failed"] == {}
+
+
+def test_a_worker_warms_up_before_its_first_job() -> None:
+    """What a first job would load on its way (Label Studio's client) is loaded at start."""
+    engine = SimulatedGpuEngine(GpuTimes(0.0, 0.0))
+    settings = Settings(model="unused", label_studio_url="http://ls", label_studio_api_key="k")
+    fetcher = jobs.ImageFetcher.from_settings(settings)
+    context = jobs.JobContext(engine, fetcher, jobs.OutputCache(), settings)
+    context.warm_up()
+    assert context._sink is not None
+    without_label_studio = jobs.JobContext(engine, fetcher, jobs.OutputCache(), Settings())
+    without_label_studio.warm_up()  # nothing to connect to: still no error
+    assert without_label_studio._sink is None

@@ -28,6 +28,7 @@ from rq import get_current_job
 from varco_labeler.engine import progress
 from varco_labeler.engine.base import Engine, Request
 from varco_labeler.feedback.store import PredictionRecord
+from varco_labeler.labelstudio import labels
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.sink import BackgroundPush, PredictionSink
 from varco_labeler.metrics import JobMetrics
@@ -115,6 +116,13 @@ class JobContext:
         log.info("now running model version %s", engine.model_version)
         if self.on_swap is not None:
             self.on_swap(engine.model_version)
+
+    def warm_up(self) -> None:
+        """Load now what a first job would load on its way, seconds of imports with the GPU idle:
+        the label matcher's word lists and, when one is set, Label Studio's client."""
+        labels.warm_up()
+        if self.settings.label_studio_url and self.settings.label_studio_api_key:
+            self.label_studio()
 
     def label_studio(self) -> PredictionSink:
         """One client for the process: every job reuses its connections to Label Studio."""
@@ -274,9 +282,10 @@ def prelabel_batch(
     Items carry ``task_id``. Each GPU batch's predictions are pushed on a background thread while
     the next batch runs (several batches in one import when Label Studio is slower than the GPU);
     the job returns once everything is pushed. Safe to run twice (a retry after a killed worker,
-    or a restarted ``prelabel``): tasks that already have a prediction of this model version are
-    not pushed again. Returns ``{"pushed": [task ids], "present": [...], "failed": {task id:
-    reason}, "records": [PredictionRecord JSON]}``: the caller records them in the feedback store.
+    or a restarted ``prelabel``): tasks that already have a prediction of this model version (or
+    of the run's, pushed before a release swap) are not pushed again. Returns ``{"pushed": [task
+    ids], "present": [...], "failed": {task id: reason}, "records": [PredictionRecord JSON]}``:
+    the caller records them in the feedback store.
     """
     context = _installed()
     policy = Policy.from_json(policy_json)
@@ -289,6 +298,10 @@ def prelabel_batch(
     if continued:
         handed = set(continued["tasks"])
         items = [item for item in items if item["task_id"] not in handed]
+    # An earlier attempt that ran before a release swap pushed under the run's version, which
+    # the push's own check (this attempt's version) does not look for.
+    landed = _predicted_as(context, policy.model_version, items) if rerun else []
+    items = [item for item in items if item["task_id"] not in landed]
     push = BackgroundPush(context.label_studio(), project, may_have_landed=rerun)
     records: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
@@ -311,8 +324,19 @@ def prelabel_batch(
         pushed, present = push.finish()
     finally:
         push.close(drop_waiting=True)  # after an error: wait for a push in flight, no more
+    present = sorted([*present, *landed])
     outcome = {"pushed": pushed, "present": present, "failed": failed, "records": records}
     return outcome | ({"continued": continued} if continued else {})
+
+
+def _predicted_as(context: JobContext, version: str, items: list[dict[str, Any]]) -> list[int]:
+    """The tasks among ``items`` that have a prediction of ``version`` in Label Studio."""
+    client = context.label_studio().client
+    return [
+        item["task_id"]
+        for item in items
+        if any(p.model_version == version for p in client.predictions.list(task=item["task_id"]))
+    ]
 
 
 def _someone_waits(context: JobContext, job: Any) -> bool:

@@ -270,14 +270,14 @@ def _release_command(args: argparse.Namespace) -> int:
         channel = ReleaseChannel.for_settings(Settings.from_env(redis_url=args.redis_url))
         if args.action == "publish":
             version = args.version or model_version(args.model)
+            channel.publish(Release.new(args.model, version, args.note))
+            print(f"published {version} ({args.model}); workers load it before their next job")
             if not Path(args.model).is_dir():
                 print(
                     f"note: {args.model} is not a directory here; the workers must be able to "
                     "load it (a hub id, or a path on their machines)",
                     file=sys.stderr,
                 )
-            channel.publish(Release.new(args.model, version, args.note))
-            print(f"published {version} ({args.model}); workers load it before their next job")
             return 0
         history = channel.history()
         errors = channel.load_errors()
@@ -289,10 +289,11 @@ def _release_command(args: argparse.Namespace) -> int:
         return 0
     if not history:
         print("no release published: the processes run their --model / VARCO_MODEL")
+    width = max((len(release.version) for release in history), default=0)
     for index, release in enumerate(history):
         mark = "*" if index == 0 else " "
         note = f"  {release.note}" if release.note else ""
-        print(f"{mark} {release.published_at}  {release.version}  {release.model}{note}")
+        print(f"{mark} {release.published_at}  {release.version:<{width}}  {release.model}{note}")
     for process, why in sorted(errors.items()):
         print(f"! {process}: {why}", file=sys.stderr)
     return 0

@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(error, "varco-worker", settings.log_level)
     # prelabel and the backend ask which version the live workers run (see queue.model_versions).
     context.on_swap = lambda version: redis.hset(WORKER_VERSIONS, worker.name, version)
+    context.warm_up()
     jobs.install(context)
     if registry is not None:
         registry.register(jobs.metrics())

@@ -90,7 +90,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     actions = loop.add_subparsers(dest="loop_command", metavar="ACTION")
     status = actions.add_parser("status", help="the loop's rounds, releases and state")
     _project(status, required=False)
-    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     status.add_argument("--limit", type=int, default=20, help="rounds shown (default: 20)")
     status.set_defaults(handler=_status)
 
@@ -122,7 +122,11 @@ def _project(parser: argparse.ArgumentParser, *, required: bool) -> None:
         default=argparse.SUPPRESS,
         help="the Label Studio project id",
     )
-    parser.add_argument("--database-url", default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="the feedback store (env VARCO_DATABASE_URL)",
+    )
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -214,6 +218,7 @@ def _status(args: argparse.Namespace) -> int:
     if project is not None:
         since = records.counted_until(project)
         status["paused"] = records.paused(project)
+        status["pause_reason"] = records.pause_reason(project)
         status["new_corrections"] = records.corrections(project, since)[0]
     store.close()
     if getattr(args, "json", False):
@@ -231,12 +236,14 @@ def _status(args: argparse.Namespace) -> int:
     if release_error:
         lines.append(f"releases: {release_error}")
     if project is not None:
+        why = f" ({status['pause_reason']})" if status["pause_reason"] else ""
+        state = f"PAUSED{why}, `loop resume` to go on" if status["paused"] else "not paused"
         lines.append(
-            f"project {project}: {'PAUSED' if status['paused'] else 'running'}; "
+            f"project {project}: {state}; "
             f"{status['new_corrections']} correction(s) since the last round"
         )
     lines += [round_line(round_) for round_ in status["rounds"]] or ["no round yet"]
-    earlier = [r.version for r in releases[1:]]
+    earlier = [r.version for r in releases[1:] if r.version != current.version]
     if earlier:
         lines.append(
             "earlier releases (loop rollback VERSION): " + ", ".join(dict.fromkeys(earlier))

@@ -249,6 +249,14 @@ class LoopRecords:
         with self.store.engine.connect() as conn:
             return bool(conn.execute(query).scalar_one_or_none())
 
+    def pause_reason(self, project: int) -> str | None:
+        """Why the loop of ``project`` is paused; None when it is not, or no reason was given."""
+        query = select(LoopControlRow.reason).where(
+            LoopControlRow.project == project, LoopControlRow.paused.is_(True)
+        )
+        with self.store.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
 
 def round_line(round_: Mapping[str, Any]) -> str:
     """One line for a round or a rollback (:meth:`RoundRecord.to_json`): ``loop status``,
