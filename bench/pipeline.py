@@ -248,18 +248,18 @@ def _timeline(redis_url: str, traces: dict[str, Path]) -> dict[str, Any]:
     last = max(job.ended_at for job in jobs if job.ended_at).timestamp()
     busy, before, between, after, queue = 0.0, [], [], [], []
     for name, path in traces.items():
-        batches = [tuple(map(float, line.split()[:2])) for line in path.read_text().splitlines()]
+        lines = path.read_text().splitlines() if path.exists() else []  # a worker left idle
+        batches = [tuple(map(float, line.split()[:2])) for line in lines]
         busy += sum(end - start for start, end in batches)
         mine = sorted((j for j in jobs if j.worker_name == name), key=lambda j: j.started_at)
-        for job, following in zip(mine, [*mine[1:], None], strict=True):
+        for job in mine:
             began, ended = job.started_at.timestamp(), job.ended_at.timestamp()
             inside = [b for b in batches if began <= b[0] <= ended]
             if inside:
                 before.append(inside[0][0] - began)
                 after.append(ended - inside[-1][1])
                 between.append(sum(b[0] - a[1] for a, b in pairwise(inside)))
-            if following is not None:
-                queue.append(following.started_at.timestamp() - ended)
+        queue += [b.started_at.timestamp() - a.ended_at.timestamp() for a, b in pairwise(mine)]
 
     def mean(values: list[float]) -> float | None:
         return sum(values) / len(values) if values else None
