@@ -14,6 +14,10 @@ the engine's own throughput at the batch size is the ceiling. Measured, one run,
 - the synchronous path of Label Studio's example backends: the model in the request (the embedded
   backend), batch 1, every task in one ``/predict``, then one import of its predictions.
 
+Each simulated GPU also writes when it was busy (bench.simgpu.TRACE_ENV): set against RQ's job
+timestamps, that says where the GPUs idled (a job's start, between its batches, its last push,
+between jobs).
+
 Every task has its own 1024x768 JPEG (fetched from Label Studio and decoded by the workers, no
 output-cache hits). Workers and backends are started and loaded before the clock starts; a
 prelabel run is timed as the whole command, start-up included.

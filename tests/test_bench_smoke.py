@@ -113,6 +113,10 @@ def test_pipeline_with_a_simulated_gpu(tmp_path: Path) -> None:
     assert len(data["runs"]) == 8
     for result in data["runs"].values():  # each run's predictions all reached Label Studio
         assert result["tasks"] > 0 and positive(result["seconds"], result["tasks_per_s"])
+    prelabel_runs = [r for name, r in data["runs"].items() if name.startswith("prelabel")]
+    for result in prelabel_runs:  # the GPUs' own trace, set against the jobs' timestamps
+        assert 0 < result["gpu_idle"]["busy_share"] <= 1
+        assert result["gpu_idle"]["jobs"] > 0
     gpu = data["gpu"]
     assert positive(gpu["engine_images_per_s"], gpu["fixed_s"], gpu["per_image_s"])
 
