@@ -1,17 +1,26 @@
 """Label Studio projects for the end-to-end tests: local-file tasks of plain-coloured images;
-and ``varco``, our command line as a user runs it."""
+``varco``, our command line as a user runs it; a queue with real workers, and ``prelabel``
+running beside the test."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from helpers import CAT_DOG_CONFIG
 from PIL import Image
+from processes import Processes, RedisProcess, wait_until
+from redis import Redis
+
+from varco_labeler.queue import WORKER_VERSIONS
 
 # The colours engine.tiny taught the model: red -> one cat, blue -> two dogs.
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
@@ -81,3 +90,68 @@ def export_llava(env: dict[str, str], out: Path, *source: str) -> list[dict[str,
     )
     assert done.returncode == 0, done.stderr
     return json.loads((out / "train.json").read_text())
+
+
+@contextmanager
+def workers_on_redis(
+    env: dict[str, str], root: Path, names: tuple[str, ...], **worker_env: str
+) -> Iterator[tuple[Redis, list[subprocess.Popen], dict[str, str]]]:
+    """A redis-server and a ``varco-worker`` per name, all ready; yields a client, the workers
+    and the environment to run commands with. A long heartbeat: a worker paused for a few
+    seconds (:func:`paused`) is still alive to the queue."""
+    redis = RedisProcess(root)
+    redis.start()
+    processes = Processes(env | {"MODEL_DIR": str(root / "model-dir")}, root)
+    try:
+        workers = [
+            processes.start(
+                "worker",
+                ["varco-worker", "--name", name, "--heartbeat", "30"],
+                REDIS_URL=redis.url,
+                **worker_env,
+            )
+            for name in names
+        ]
+        client = Redis.from_url(redis.url)
+        wait_until(lambda: client.hlen(WORKER_VERSIONS) == len(names), 120, "the workers")
+        yield client, workers, env | {"REDIS_URL": redis.url}
+    finally:
+        processes.stop_all()
+        redis.stop()
+
+
+@contextmanager
+def paused(workers: list[subprocess.Popen]) -> Iterator[None]:
+    """The workers frozen (SIGSTOP to their process groups) while the test arranges things."""
+    for worker in workers:
+        os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGCONT)
+
+
+@contextmanager
+def prelabel_beside(
+    env: dict[str, str], project: int, log: Path, **extra_env: str
+) -> Iterator[subprocess.Popen]:
+    """``varco-labeler prelabel --project`` running while the test goes on, its stderr in
+    ``log``; killed if the test leaves before it ends."""
+    with log.open("w") as stderr:
+        running = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "varco-labeler"),
+                "prelabel",
+                "--project",
+                str(project),
+            ],
+            env=env | extra_env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        yield running
+    finally:
+        if running.poll() is None:
+            running.kill()

@@ -133,21 +133,9 @@ def test_the_loop_learns_from_corrections_promotes_refuses_a_worse_model_and_rol
     assert {version for version, _ in first} == {SERVING}
 
     # Round 1: trains on the train side, promoted, re-labels what nobody touched.
-    assert (
-        loop(
-            monkeypatch,
-            env,
-            "--project",
-            str(project),
-            "--once",
-            "--every",
-            str(PER_ROUND),
-            "--held-out-share",
-            "0.25",
-            *TRAIN,
-        )
-        == 0
-    )
+    one_round = ("--project", str(project), "--once", "--every", str(PER_ROUND))
+    one_round += ("--held-out-share", "0.25")
+    assert loop(monkeypatch, env, *one_round, *TRAIN) == 0
     store = FeedbackStore(model_dir=backend.model_dir)
     records = LoopRecords(store)
     (round_1,) = records.rounds(project)
@@ -178,23 +166,7 @@ def test_the_loop_learns_from_corrections_promotes_refuses_a_worse_model_and_rol
 
     # Round 2: a candidate wrecked by its learning rate scores worse: not promoted.
     wrecked = ["--max-steps", "20", "--lr", "5", "--batch-size", "2", "--grad-accum", "1"]
-    assert (
-        loop(
-            monkeypatch,
-            env,
-            "--project",
-            str(project),
-            "--once",
-            "--every",
-            str(PER_ROUND),
-            "--held-out-share",
-            "0.25",
-            "--min-gain",
-            "0",
-            *wrecked,
-        )
-        == 0
-    )
+    assert loop(monkeypatch, env, *one_round, "--min-gain", "0", *wrecked) == 0
     round_2 = records.rounds(project)[0]
     assert (round_2.number, round_2.decision) == (2, Decision.REJECTED), round_2.error
     assert round_2.candidate_score < round_2.serving_score

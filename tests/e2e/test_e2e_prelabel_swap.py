@@ -11,17 +11,13 @@ again, and the predictions show which one answered.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from processes import Processes, RedisProcess, wait_until
-from projects import make_project, varco
+from processes import wait_until
+from projects import make_project, paused, prelabel_beside, varco, workers_on_redis
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -34,7 +30,6 @@ from varco_labeler.queue import WORKER_VERSIONS, Priority, RQDispatcher, queue_n
 from varco_labeler.releases import Release, ReleaseChannel
 from varco_labeler.settings import Settings
 
-BIN = Path(sys.executable).parent
 TASKS = 24
 WORKERS = ("gpu-a", "gpu-b")
 NEW_VERSION = "tiny-v2"
@@ -45,26 +40,8 @@ def queue(our_env, tmp_path_factory) -> Iterator[tuple[Redis, list[subprocess.Po
     """Redis and two workers (GPU batches of 2); yields a client, the workers and the
     environment to run with."""
     root = tmp_path_factory.mktemp("prelabel-swap")
-    redis = RedisProcess(root)
-    redis.start()
-    processes = Processes(our_env | {"MODEL_DIR": str(root / "model-dir")}, root)
-    try:
-        # A long heartbeat: paused for a few seconds, a worker is still alive to the queue.
-        workers = [
-            processes.start(
-                "worker",
-                ["varco-worker", "--name", name, "--heartbeat", "30"],
-                REDIS_URL=redis.url,
-                VARCO_BATCH_SIZE="2",
-            )
-            for name in WORKERS
-        ]
-        client = Redis.from_url(redis.url)
-        wait_until(lambda: client.hlen(WORKER_VERSIONS) == len(WORKERS), 120, "the workers")
-        yield client, workers, our_env | {"REDIS_URL": redis.url}
-    finally:
-        processes.stop_all()
-        redis.stop()
+    with workers_on_redis(our_env, root, WORKERS, VARCO_BATCH_SIZE="2") as queue:
+        yield queue
 
 
 def queued_tasks(redis: Redis) -> set[int]:
@@ -79,31 +56,18 @@ def test_workers_swap_releases_mid_prelabel_losing_and_duplicating_no_task(
     redis, workers, env = queue
     project = make_project(label_studio, ls_client, "prelabel swapped", TASKS)
     log = tmp_path / "prelabel.log"
-    with log.open("w") as stderr:
-        running = subprocess.Popen(
-            [str(BIN / "varco-labeler"), "prelabel", "--project", str(project)],
-            env=env | {"VARCO_PRELABEL_JOB_SIZE": "2", "MODEL_DIR": str(tmp_path / "store")},
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
+    with prelabel_beside(
+        env, project, log, VARCO_PRELABEL_JOB_SIZE="2", MODEL_DIR=str(tmp_path / "store")
+    ) as running:
         predicted = lambda: len(list(ls_client.predictions.list(project=project)))  # noqa: E731
         wait_until(lambda: predicted() >= 2, 120, "the first predictions")
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGSTOP)
-        try:
+        with paused(workers):
             after_swap = queued_tasks(redis)
             publish = varco(
                 env, "release", "publish", str(tiny_model), "--version", NEW_VERSION, timeout=60
             )
             assert publish.returncode == 0, publish.stderr
-        finally:
-            for worker in workers:
-                os.killpg(worker.pid, signal.SIGCONT)
         running.wait(timeout=180)
-    finally:
-        if running.poll() is None:
-            running.kill()
     output = log.read_text()
     assert running.returncode == 0, output
     assert f"done {TASKS}, skipped 0 (already predicted), failed 0" in output
@@ -143,14 +107,9 @@ def test_a_job_run_again_after_a_swap_does_not_predict_twice_what_its_first_atte
     policy = Policy.resolve(settings, config, version=old)
     items = [policy.item(str(t.id), t.data, task_id=t.id, project=project) for t in (first, second)]
     dispatcher = RQDispatcher(settings)
-    for worker in workers:  # no worker takes the job before it is marked as run once already
-        os.killpg(worker.pid, signal.SIGSTOP)
-    try:
+    with paused(workers):  # no worker takes the job before it is marked as run once already
         (job,) = dispatcher.submit(PRELABEL_BATCH, [(project, policy.to_json(), items)])
         redis.hset(job.key, "retries_left", settings.job_retries - 1)
-    finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGCONT)
     ((_, outcome, error),) = dispatcher.completions([job], 120)
     assert error is None, error
     assert (outcome["pushed"], outcome["present"]) == ([second.id], [first.id])

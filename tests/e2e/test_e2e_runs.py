@@ -10,45 +10,27 @@ queued jobs, then let go (SIGCONT) so a job it had started finishes and pushes.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import Processes, RedisProcess, wait_until
-from projects import make_project, varco
+from processes import wait_until
+from projects import make_project, paused, prelabel_beside, varco, workers_on_redis
 from redis import Redis
 
 from varco_labeler import runs
 
-BIN = Path(sys.executable).parent
 TASKS = 24
 
 
 @pytest.fixture(scope="module")
-def queue(our_env, tmp_path_factory) -> Iterator[tuple[Redis, subprocess.Popen, dict[str, str]]]:
+def queue(our_env, tmp_path_factory) -> Iterator[tuple[Redis, list[subprocess.Popen], dict]]:
     """Redis and one worker; yields a client, the worker and the environment to run with."""
-    root = tmp_path_factory.mktemp("runs")
-    redis = RedisProcess(root)
-    redis.start()
-    processes = Processes(our_env | {"MODEL_DIR": str(root / "model-dir")}, root)
-    try:
-        # A long heartbeat: paused for a few seconds, the worker is still alive to the queue.
-        worker = processes.start(
-            "worker", ["varco-worker", "--name", "gpu", "--heartbeat", "30"], REDIS_URL=redis.url
-        )
-        client = Redis.from_url(redis.url)
-        wait_until(lambda: client.hexists("varco:worker-versions", "gpu"), 120, "the worker")
-        yield client, worker, our_env | {"REDIS_URL": redis.url}
-    finally:
-        processes.stop_all()
-        redis.stop()
+    with workers_on_redis(our_env, tmp_path_factory.mktemp("runs"), ("gpu",)) as queue:
+        yield queue
 
 
 def status(env: dict[str, str], *args: str) -> Any:
@@ -60,23 +42,17 @@ def status(env: dict[str, str], *args: str) -> Any:
 def test_status_shows_a_running_prelabel_and_cancel_stops_it_losing_and_duplicating_nothing(
     label_studio, ls_client, queue, tiny_model, tmp_path
 ):
-    redis, worker, env = queue
+    redis, workers, env = queue
     project = make_project(label_studio, ls_client, "prelabel cancelled", TASKS)
     log = tmp_path / "prelabel.log"
-    with log.open("w") as stderr:
-        running = subprocess.Popen(
-            [str(BIN / "varco-labeler"), "prelabel", "--project", str(project)],
-            env=env | {"VARCO_PRELABEL_JOB_SIZE": "1", "MODEL_DIR": str(tmp_path / "store")},
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
+    with prelabel_beside(
+        env, project, log, VARCO_PRELABEL_JOB_SIZE="1", MODEL_DIR=str(tmp_path / "store")
+    ) as running:
         wait_until(lambda: re.search(r"^run (\S+):", log.read_text(), re.M), 120, "the run id")
         run_id = re.search(r"^run (\S+):", log.read_text(), re.M).group(1)
         done = lambda: runs.read_run(redis, run_id).counts.get("done", 0)  # noqa: E731
         wait_until(lambda: done() >= 1, 120, "the first task done")
-        os.killpg(worker.pid, signal.SIGSTOP)
-        try:
+        with paused(workers):
             table = status(env)
             shown = status(env, run_id)
             assert [r["id"] for r in table if r["project"] == project] == [run_id]
@@ -87,12 +63,7 @@ def test_status_shows_a_running_prelabel_and_cancel_stops_it_losing_and_duplicat
             assert cancel.returncode == 0, cancel.stderr
             cancelled = lambda: runs.read_run(redis, run_id).counts.get("cancelled", 0)  # noqa: E731
             wait_until(lambda: cancelled() >= 1, 60, "the queued jobs cancelled")
-        finally:
-            os.killpg(worker.pid, signal.SIGCONT)
         running.wait(timeout=120)
-    finally:
-        if running.poll() is None:
-            running.kill()
     output = log.read_text()
     assert running.returncode == 130, output
     assert "cancelled (varco-labeler cancel)" in output
