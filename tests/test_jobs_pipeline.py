@@ -35,7 +35,12 @@ class FakeSink:
         self.fail = fail
 
     def push(
-        self, project: int, predictions: Sequence[dict[str, Any]], *, may_have_landed: bool
+        self,
+        project: int,
+        predictions: Sequence[dict[str, Any]],
+        *,
+        may_have_landed: bool,
+        landed_as: Sequence[str] = (),
     ) -> tuple[list[int], list[int]]:
         if not self.imports:
             self.first_started.set()

@@ -298,11 +298,13 @@ def prelabel_batch(
     if continued:
         handed = set(continued["tasks"])
         items = [item for item in items if item["task_id"] not in handed]
-    # An earlier attempt that ran before a release swap pushed under the run's version, which
-    # the push's own check (this attempt's version) does not look for.
-    landed = _predicted_as(context, policy.model_version, items) if rerun else []
-    items = [item for item in items if item["task_id"] not in landed]
-    push = BackgroundPush(context.label_studio(), project, may_have_landed=rerun)
+    # An earlier attempt that ran before a release swap pushed under the run's version.
+    push = BackgroundPush(
+        context.label_studio(),
+        project,
+        may_have_landed=rerun,
+        landed_as=(policy.model_version,) if rerun else (),
+    )
     records: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     done: set[int] = set()
@@ -324,19 +326,8 @@ def prelabel_batch(
         pushed, present = push.finish()
     finally:
         push.close(drop_waiting=True)  # after an error: wait for a push in flight, no more
-    present = sorted([*present, *landed])
     outcome = {"pushed": pushed, "present": present, "failed": failed, "records": records}
     return outcome | ({"continued": continued} if continued else {})
-
-
-def _predicted_as(context: JobContext, version: str, items: list[dict[str, Any]]) -> list[int]:
-    """The tasks among ``items`` that have a prediction of ``version`` in Label Studio."""
-    client = context.label_studio().client
-    return [
-        item["task_id"]
-        for item in items
-        if any(p.model_version == version for p in client.predictions.list(task=item["task_id"]))
-    ]
 
 
 def _someone_waits(context: JobContext, job: Any) -> bool:

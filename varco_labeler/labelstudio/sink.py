@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import httpx
@@ -48,12 +48,18 @@ class PredictionSink:
         self.attempts, self.backoff = attempts, backoff
 
     def push(
-        self, project: int, predictions: Sequence[dict[str, Any]], *, may_have_landed: bool = True
+        self,
+        project: int,
+        predictions: Sequence[dict[str, Any]],
+        *,
+        may_have_landed: bool = True,
+        landed_as: Collection[str] = (),
     ) -> tuple[list[int], list[int]]:
         """Import predictions (``{"task", "result", "score"?, "model_version"}``) into a project.
 
         ``may_have_landed=False`` says no earlier attempt can have pushed these (a job's first
-        run). Returns (task ids pushed now, task ids that already had this version's prediction).
+        run). ``landed_as``: other versions an earlier attempt may have pushed under (it ran
+        before a model swap). Returns (task ids pushed now, task ids that already had one).
         """
         tried = 0
 
@@ -62,7 +68,7 @@ class PredictionSink:
             tried += 1
             try:
                 check = may_have_landed or tried > 1
-                present = self._already_predicted(predictions) if check else set()
+                present = self._already_predicted(predictions, landed_as) if check else set()
                 todo = [p for p in predictions if p["task"] not in present]
                 if todo:
                     self.client.projects.import_predictions(id=project, request=todo)
@@ -79,11 +85,14 @@ class PredictionSink:
                 f"Label Studio unreachable after {tried} attempts: {error.__cause__}"
             ) from error.__cause__
 
-    def _already_predicted(self, predictions: Sequence[dict[str, Any]]) -> set[int]:
+    def _already_predicted(
+        self, predictions: Sequence[dict[str, Any]], landed_as: Collection[str]
+    ) -> set[int]:
         present = set()
         for prediction in predictions:
+            versions = {prediction["model_version"], *landed_as}
             existing = self.client.predictions.list(task=prediction["task"])
-            if any(p.model_version == prediction["model_version"] for p in existing):
+            if any(p.model_version in versions for p in existing):
                 present.add(prediction["task"])
         return present
 
@@ -96,8 +105,16 @@ class BackgroundPush:
     After a failed push the rest is not pushed: the job fails and its retry checks what landed.
     """
 
-    def __init__(self, sink: PredictionSink, project: int, *, may_have_landed: bool = True) -> None:
+    def __init__(
+        self,
+        sink: PredictionSink,
+        project: int,
+        *,
+        may_have_landed: bool = True,
+        landed_as: Collection[str] = (),
+    ) -> None:
         self.sink, self.project, self.may_have_landed = sink, project, may_have_landed
+        self.landed_as = tuple(landed_as)
         self.pushed: list[int] = []
         self.present: list[int] = []
         self._waiting: list[dict[str, Any]] = []
@@ -146,7 +163,10 @@ class BackgroundPush:
                 batch, self._waiting = self._waiting, []
             try:
                 pushed, present = self.sink.push(
-                    self.project, batch, may_have_landed=self.may_have_landed
+                    self.project,
+                    batch,
+                    may_have_landed=self.may_have_landed,
+                    landed_as=self.landed_as,
                 )
             except BaseException as error:  # handed to finish(); nothing more is pushed
                 with self._changed:
