@@ -136,9 +136,12 @@ class Bench:
             processes.worker(name, argv, env | {TRACE_ENV: str(traces[name])}, redis)
         return traces
 
-    def prelabel(self, workers: int, import_delay: float = 0.0) -> dict[str, Any]:
+    def prelabel(
+        self, workers: int, import_delay: float = 0.0, lookahead: bool = True
+    ) -> dict[str, Any]:
         tasks = self.paths[: self.plan.prelabel_tasks]
         label = f"prelabel {workers}w" + (f" slow {import_delay}" if import_delay else "")
+        label += "" if lookahead else " no lookahead"
         project, _ = _project(self.ls, label, self.folder, tasks, LABEL_CONFIG)
         root = self.ctx.subdir(f"pipeline/{label.replace(' ', '-')}")
         with Processes(root / "logs") as processes:
@@ -147,7 +150,8 @@ class Bench:
             if import_delay:
                 url = self.slow_proxy(processes, import_delay)
             env = self.env(REDIS_URL=redis, MODEL_DIR=str(root), LABEL_STUDIO_URL=url)
-            traces = self.workers(processes, workers, env, redis, root)
+            worker_env = env if lookahead else env | {"VARCO_LOOKAHEAD": "0"}
+            traces = self.workers(processes, workers, worker_env, redis, root)
             argv = [str(BIN / "varco-labeler"), "prelabel", "--project", str(project)]
             started = time.perf_counter()
             limit = self.ctx.pick(300, 3600, 7200)  # a stuck run fails instead of hanging
@@ -318,6 +322,10 @@ def run(ctx: Context) -> Report:
         ctx.log(f"  Label Studio serves {serving:.1f} images/s here (8 at a time, fetched+decoded)")
         steps: list[tuple[str, Any]] = [
             *[(f"prelabel, {w} worker(s)", lambda w=w: bench.prelabel(w)) for w in WORKERS],
+            *[
+                (f"prelabel, {w} worker(s), no lookahead", lambda w=w: bench.prelabel(w, 0, False))
+                for w in (1, 4)
+            ],
             (
                 f"prelabel, 1 worker, Label Studio +{IMPORT_DELAY_S * 1000:.0f} ms per import",
                 lambda: bench.prelabel(1, IMPORT_DELAY_S),
@@ -351,6 +359,7 @@ def _report(plan: Plan, gpu_rate: float, runs: dict[str, dict[str, Any]]) -> Rep
     prelabel = {w: runs[f"prelabel, {w} worker(s)"] for w in WORKERS}
     predict = {w: runs[f"/predict, queue, {w} worker(s)"] for w in WORKERS}
     slow = runs[f"prelabel, 1 worker, Label Studio +{IMPORT_DELAY_S * 1000:.0f} ms per import"]
+    alone = {w: runs[f"prelabel, {w} worker(s), no lookahead"] for w in (1, 4)}
     one, one_predict = prelabel[1]["tasks_per_s"], predict[1]["tasks_per_s"]
     data = {
         "efficiency": prelabel[1]["efficiency"],
@@ -359,6 +368,12 @@ def _report(plan: Plan, gpu_rate: float, runs: dict[str, dict[str, Any]]) -> Rep
         "vs_synchronous": one / sync,
         "vs_synchronous_by_workers": {str(w): r["tasks_per_s"] / sync for w, r in prelabel.items()},
         "slow_label_studio": {"import_delay_s": IMPORT_DELAY_S, "efficiency": slow["efficiency"]},
+        # The same runs with workers that take jobs strictly one at a time (VARCO_LOOKAHEAD=0).
+        "without_lookahead": {
+            "efficiency": alone[1]["efficiency"],
+            "scaling_4": alone[4]["tasks_per_s"] / alone[1]["tasks_per_s"],
+            "vs_synchronous": alone[1]["tasks_per_s"] / sync,
+        },
         "predict": {
             "efficiency": predict[1]["efficiency"],
             "scaling": {str(w): r["tasks_per_s"] / one_predict for w, r in predict.items()},
@@ -376,6 +391,8 @@ def _report(plan: Plan, gpu_rate: float, runs: dict[str, dict[str, Any]]) -> Rep
     rows = []
     for name, result in runs.items():
         base = one_predict if name.startswith("/predict") else one
+        if "no lookahead" in name:
+            base = alone[1]["tasks_per_s"]
         rows.append(
             [
                 name,

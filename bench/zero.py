@@ -72,6 +72,7 @@ def run_worker(args: argparse.Namespace, engine: EngineFactory = zero_cost) -> i
     """As ``varco-worker`` (worker/main.py), with ``engine`` (the zero-cost one by default)."""
     from rq.serializers import JSONSerializer
 
+    from varco_labeler.lookahead import Lookahead
     from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
     from worker.heartbeat import HeartbeatWorker
 
@@ -90,12 +91,15 @@ def run_worker(args: argparse.Namespace, engine: EngineFactory = zero_cost) -> i
         worker_ttl=20,
         log_job_description=False,
     )
+    installed.lookahead = worker.lookahead = Lookahead.for_worker(worker, settings)
     # As varco-worker does: prelabel and the backend take the live workers' model version.
     redis.hset(WORKER_VERSIONS, worker.name, jobs.engine_version())
     try:
         worker.work(with_scheduler=False, logging_level=settings.log_level)
     finally:
         redis.hdel(WORKER_VERSIONS, worker.name)
+        if installed.lookahead is not None:
+            installed.lookahead.release()
     return 0
 
 

@@ -110,7 +110,9 @@ def test_pipeline_with_a_simulated_gpu(tmp_path: Path) -> None:
     assert positive(*data["scaling"].values(), *data["predict"]["scaling"].values())
     assert positive(data["slow_label_studio"]["efficiency"], data["predict"]["efficiency"])
     assert data["slow_label_studio"]["import_delay_s"] == 0.5
-    assert len(data["runs"]) == 8
+    assert len(data["runs"]) == 10
+    without = data["without_lookahead"]  # the same runs, workers taking jobs one at a time
+    assert positive(without["efficiency"], without["scaling_4"], without["vs_synchronous"])
     for result in data["runs"].values():  # each run's predictions all reached Label Studio
         assert result["tasks"] > 0 and positive(result["seconds"], result["tasks_per_s"])
     prelabel_runs = [r for name, r in data["runs"].items() if name.startswith("prelabel")]

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio import labels
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.sink import BackgroundPush, PredictionSink
+from varco_labeler.lookahead import Lookahead
 from varco_labeler.metrics import JobMetrics
 from varco_labeler.policy import Policy, PolicyError
 from varco_labeler.releases import ReleaseChannel, ReleaseFollower
@@ -98,6 +99,8 @@ class JobContext:
     releases: ReleaseFollower | None = None
     # Told the new version after a swap (a worker updates what /health shows).
     on_swap: Callable[[str], None] | None = None
+    # A queue worker's claim on its next job (varco_labeler.lookahead); None: jobs run alone.
+    lookahead: Lookahead | None = None
 
     def follow_release(self) -> None:
         """Between jobs: run the channel's current release if it is not the running one. The
@@ -217,7 +220,11 @@ def predict_stream(items: Sequence[dict[str, Any]]) -> Iterator[Chunk]:
     # The engine's own GPU batch (the transformers engine's may shrink after an out-of-memory);
     # an engine that batches by itself (vLLM's continuous batching) gets everything at once.
     batch_size = getattr(engine, "max_batch_size", None) or max(1, len(items))
-    downloads = [context.downloads.submit(_download, item["image"]) for item in items]
+    job = get_current_job()
+    ahead = context.lookahead.handover(job.id if job else None) if context.lookahead else {}
+    downloads = [ahead.pop(item["image"], None) or _fetch(item["image"]) for item in items]
+    if context.lookahead is not None:  # queued behind this job's own downloads
+        context.lookahead.claim_next(_fetch, 2 * context.settings.job_timeout)
     ready: Chunk = []
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []
     for index, (item, download) in enumerate(zip(items, downloads, strict=True)):
@@ -232,19 +239,48 @@ def predict_stream(items: Sequence[dict[str, Any]]) -> Iterator[Chunk]:
             continue
         image, data = fetched
         head.update(width=image.width, height=image.height, model_version=engine.model_version)
-        cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
-        cached = cache.get(cache_key)
+        request, cache_key, cached = _request(item, image, data, engine, cache)
         (context.metrics.cache_misses if cached is None else context.metrics.cache_hits).inc()
         if cached is not None:
             ready.append((index, {**head, **cached, "cached": True}))
             continue
-        request = Request(image=image, prompt=item["prompt"], task=Task(item["task"]))
         pending.append((index, request, cache_key, head))
         if len(pending) >= batch_size:
             yield ready + _generate(engine, cache, pending)
             ready, pending = [], []
     if ready or pending:
         yield ready + _generate(engine, cache, pending)
+
+
+def _request(
+    item: Mapping[str, Any], image: Image.Image, data: bytes, engine: Engine, cache: OutputCache
+) -> tuple[Request, str, dict[str, Any] | None]:
+    """An item's request to the engine, its output cache key, and its cached output if any."""
+    cache_key = OutputCache.key(data, item["prompt"], engine.model_version)
+    request = Request(image=image, prompt=item["prompt"], task=Task(item["task"]))
+    return request, cache_key, cache.get(cache_key)
+
+
+def _work_ahead(context: JobContext) -> None:
+    """Run the claimed next job's first GPU batch now (this job's last push is in flight): its
+    outputs wait in the output cache, where that job finds them (see varco_labeler.lookahead)."""
+    claim = context.lookahead.still_claimed() if context.lookahead else None
+    if claim is None:
+        return
+    engine, cache = context.engine, context.cache
+    batch_size = getattr(engine, "max_batch_size", None) or len(claim.items)
+    pending: list[tuple[int, Request, str, dict[str, Any]]] = []
+    for index, item in enumerate(claim.items):
+        fetched = claim.downloads[item["image"]].result()
+        progress.report()
+        if isinstance(fetched, ImageError):
+            continue  # that job reports it
+        request, cache_key, cached = _request(item, *fetched, engine, cache)
+        if cached is None:
+            pending.append((index, request, cache_key, {}))
+        if len(pending) >= batch_size:
+            break
+    _generate(engine, cache, pending)
 
 
 def _generate(
@@ -262,6 +298,11 @@ def _generate(
         cache.put(cache_key, output)
         chunk.append((index, {**head, **output, "cached": False}))
     return chunk
+
+
+def _fetch(ref: str) -> Future[tuple[Image.Image, bytes] | ImageError]:
+    """An image's download, started on the download threads."""
+    return _installed().downloads.submit(_download, ref)
 
 
 def _download(ref: str) -> tuple[Image.Image, bytes] | ImageError:
@@ -323,6 +364,9 @@ def prelabel_batch(
                 job.meta["continued"] = continued  # a rerun of this job must not do them too
                 job.save_meta()
                 break
+        else:
+            if job is None or not _someone_waits(context, job):
+                _work_ahead(context)  # the GPU runs the next job's first batch during the push
         pushed, present = push.finish()
     finally:
         push.close(drop_waiting=True)  # after an error: wait for a push in flight, no more

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # A queue job whose engine reports no progress (a batch, a generation step) for this many
     # seconds is failed and requeued, and its worker restarts; 0: never.
     job_stall_timeout: float = 0.0
+    # A worker claims its next queued job as a job starts, fetches its first images and runs its
+    # first GPU batch while the current job's last push is in flight (varco_labeler.lookahead).
+    lookahead: bool = True
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -288,6 +291,7 @@ _ENV_NAMES = {
     "allow_cpu": "VARCO_ALLOW_CPU",
     "metrics_port": "VARCO_METRICS_PORT",
     "job_stall_timeout": "VARCO_JOB_STALL_TIMEOUT",
+    "lookahead": "VARCO_LOOKAHEAD",
 }
 assert set(_ENV_NAMES) <= set(Settings.model_fields)
 

@@ -26,6 +26,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from varco_labeler.engine import progress
+from varco_labeler.lookahead import Lookahead
 from varco_labeler.queue import WORKER_VERSIONS
 
 # EX_TEMPFAIL: the worker gave up a stalled job and wants to be started again.
@@ -36,10 +37,23 @@ class HeartbeatWorker(SimpleWorker):
     heartbeat_interval: int = 5
     # Seconds without progress after which a job is given up; 0: never.
     stall_timeout: float = 0.0
+    # The job this worker claimed to run next (varco_labeler.lookahead); None: RQ's order alone.
+    lookahead: Lookahead | None = None
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         # Three missed beats mean the worker is gone; the job timeout still bounds the job itself.
         return min(3 * self.heartbeat_interval, int(job.timeout or 3 * self.heartbeat_interval))
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        taken = self.lookahead.take() if self.lookahead is not None else None
+        if taken is None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        job, queue = taken
+        self.heartbeat()
+        self.log.info("Worker %s: %s: %s (claimed ahead)", self.name, queue.name, job.id)
+        return taken
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         done = threading.Event()

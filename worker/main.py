@@ -14,6 +14,7 @@ from rq.serializers import JSONSerializer
 from varco_labeler import jobs
 from varco_labeler.engine.availability import ModelUnavailable, report
 from varco_labeler.engine.load import add_loading_arguments, loading_flags
+from varco_labeler.lookahead import Lookahead
 from varco_labeler.queue import WORKER_VERSIONS, connect, queue_names
 from varco_labeler.releases import ReleaseError
 from varco_labeler.settings import Settings, SettingsError
@@ -44,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_loading_arguments(parser)
     parser.add_argument("--name", help="worker name shown in /health (default: host and pid)")
+    parser.add_argument(
+        "--no-lookahead",
+        dest="lookahead",
+        action="store_false",
+        default=None,
+        help="take jobs strictly one at a time: do not claim the next job while one runs, fetch "
+        "its first images and run its first batch while the current job's last predictions are "
+        "pushed (env VARCO_LOOKAHEAD=0; default: on)",
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     parser.add_argument(
         "--metrics-port",
@@ -89,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             metrics_port=args.metrics_port,
             job_stall_timeout=args.stall_timeout,
+            lookahead=args.lookahead,
             **loading_flags(args),
         )
     except SettingsError as error:
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(error, "varco-worker", settings.log_level)
     # prelabel and the backend ask which version the live workers run (see queue.model_versions).
     context.on_swap = lambda version: redis.hset(WORKER_VERSIONS, worker.name, version)
+    # Its next job claimed, and begun while the current one ends.
+    context.lookahead = worker.lookahead = Lookahead.for_worker(worker, settings)
     context.warm_up()
     jobs.install(context)
     if registry is not None:
@@ -163,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         with suppress(RedisError, ReleaseError):
             redis.hdel(WORKER_VERSIONS, worker.name)
+            if context.lookahead is not None:
+                context.lookahead.release()
             if context.releases is not None:
                 context.releases.channel.record_load(worker.name, None)
     return 0
