@@ -72,13 +72,17 @@ class OutputCache:
                     self._memory.move_to_end(key)
         return json.loads(value) if value else None
 
-    def put(self, key: str, output: dict[str, Any]) -> None:
-        value = json.dumps(output, ensure_ascii=False)
+    def put(self, outputs: Mapping[str, dict[str, Any]]) -> None:
+        """Store a batch's outputs by key, in one round trip to Redis."""
+        values = {key: json.dumps(output, ensure_ascii=False) for key, output in outputs.items()}
         if self.redis is not None:
-            self.redis.set(key, value, ex=self.ttl)
+            with self.redis.pipeline(transaction=False) as pipeline:
+                for key, value in values.items():
+                    pipeline.set(key, value, ex=self.ttl)
+                pipeline.execute()
             return
         with self._lock:
-            self._memory[key] = value
+            self._memory.update(values)
             while len(self._memory) > self.size:
                 self._memory.popitem(last=False)
 
@@ -293,10 +297,11 @@ def _generate(
     _installed().metrics.batch_done(len(pending), time.perf_counter() - started)
     progress.report()
     chunk: Chunk = []
+    outputs = {}
     for (index, _, cache_key, head), result in zip(pending, results, strict=True):
-        output = result.to_json()
-        cache.put(cache_key, output)
+        outputs[cache_key] = output = result.to_json()
         chunk.append((index, {**head, **output, "cached": False}))
+    cache.put(outputs)
     return chunk
 
 
