@@ -12,18 +12,17 @@ cats" -> "Cat"), so a phrase is scored by the label it would get in Label Studio
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from varco_labeler.feedback.pairing import Example
 from varco_labeler.feedback.report import build_report
+from varco_labeler.labelstudio.images import decode_image
 from varco_labeler.labelstudio.labels import LabelMapper
 from varco_labeler.regions import Region, regions_from_varco
 from varco_labeler.varco import Task, parse, prompt_for
@@ -168,7 +167,10 @@ def evaluate_engine(
     )
     try:
         for batch in _batches(items, batch_size):
-            requests = [Request(_upright(i.image), i.example.prompt, i.example.kind) for i in batch]
+            requests = [
+                Request(decode_image(i.image, i.example.image), i.example.prompt, i.example.kind)
+                for i in batch
+            ]
             for item, result in zip(batch, engine.generate(requests), strict=True):
                 predicted = [Region.from_json(r) for r in result.to_json()["regions"]]
                 scored.append(
@@ -196,11 +198,6 @@ def _labelled(regions: list[Region], mapper: LabelMapper, kind: Task) -> list[Re
         return regions  # OCR is scored by its text per page; boxes by whatever label they carry
     # A phrase no label takes keeps its own words: it counts as a box of another label.
     return [r.with_(label=mapper.label_for(r.phrase or "") or r.phrase) for r in regions]
-
-
-def _upright(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def _batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:

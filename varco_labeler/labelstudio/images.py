@@ -70,8 +70,13 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """The decoded image with its EXIF orientation applied, in RGB, ready for the model."""
-    return ImageOps.exif_transpose(image).convert("RGB")
+    """The decoded image with its EXIF orientation applied, in RGB, ready for the model.
+
+    In place, and an RGB image is not converted: each copy of a photo costs as much as decoding
+    it (a 1024x768 JPEG: 1.3 ms decoded, 5.5 ms with two copies)."""
+    ImageOps.exif_transpose(image, in_place=True)
+    image.load()  # decoded here, on the download thread, not when the model first reads it
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def decode_image(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
