@@ -88,17 +88,15 @@ class Lookahead:
         return cls(worker.connection, worker.name, worker.queues, bulk, images=images)
 
     def handover(self, job_id: str | None) -> dict[str, Download]:
-        """A job starts: its images fetched ahead, by reference, if it is the claimed one. Any
-        other claim is dropped (this worker runs something else now)."""
-        claim, self.claimed = self.claimed, None
-        if claim is None:
+        """A job starts: its images fetched ahead, by reference, if it is the claimed one. A
+        claim on another job is kept: the worker runs work of a higher priority first (see
+        :meth:`take`), then comes back to it."""
+        claim = self.claimed
+        if claim is None or claim.job_id != job_id:
             return {}
+        self.claimed = None
         self._unclaim(claim.job_id)
-        if claim.job_id == job_id:
-            return claim.downloads
-        for download in claim.downloads.values():
-            download.cancel()
-        return {}
+        return claim.downloads
 
     def claim_next(self, fetch: Callable[[str], Download], job_timeout: int) -> Claim | None:
         """Claim the first queued job that no worker has claimed, and start fetching its first
@@ -129,7 +127,7 @@ class Lookahead:
         cancelled): worth running ahead."""
         claim = self.claimed
         if claim is not None and self.connection.lpos(claim.queue.key, claim.job_id) is None:
-            self.handover(None)
+            self.release()
             return None
         return claim
 
@@ -143,18 +141,24 @@ class Lookahead:
         if any(queue.count for queue in higher):
             return None
         if not self.connection.lrem(claim.queue.key, 1, claim.job_id):
-            self.handover(None)  # taken by another worker, or cancelled
+            self.release()  # taken by another worker, or cancelled
             return None
         try:
             job = Job.fetch(claim.job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
-            self.handover(None)
+            self.release()
             return None
         return job, claim.queue
 
     def release(self) -> None:
-        """Give the claim up (the worker stops)."""
-        self.handover(None)
+        """Give the claim up: its job was taken by another worker or cancelled, or this worker
+        stops."""
+        claim, self.claimed = self.claimed, None
+        if claim is None:
+            return
+        self._unclaim(claim.job_id)
+        for download in claim.downloads.values():
+            download.cancel()
 
     def _items(self, job_id: str) -> list[dict[str, Any]] | None:
         try:

@@ -131,13 +131,31 @@ def test_a_cancelled_job_is_neither_run_ahead_nor_taken(redis) -> None:
     assert a.take() is None
 
 
-def test_another_job_starting_drops_the_claim(redis) -> None:
+def test_a_claim_outlives_higher_priority_work_run_in_between(redis) -> None:
+    by_priority = queues(redis)
+    low = by_priority[Priority.LOW]
+    prelabel_job(low, "job-1")
+    a = lookahead(redis, "gpu-a")
+    fetched = Fetches()
+    claim = a.claim_next(fetched, 60)
+    by_priority[Priority.HIGH].enqueue(PREDICT_BATCH, [{"image": "drawn.png"}], job_id="box")
+    assert a.take() is None  # the drawn box first
+    assert a.handover("box") == {}, "the box's job has nothing fetched ahead"
+    assert a.claim_next(Fetches(), 60) is claim, "the claim is kept, its images too"
+    assert not any(future.cancelled() for future in fetched.futures)
+    by_priority[Priority.HIGH].empty()
+    taken = a.take()
+    assert taken is not None and taken[0].id == "job-1"
+    assert list(a.handover("job-1")) == ["job-1-0.png", "job-1-1.png"]
+
+
+def test_a_worker_that_stops_gives_its_claim_up(redis) -> None:
     low = queues(redis)[Priority.LOW]
     prelabel_job(low, "job-1")
     a = lookahead(redis, "gpu-a")
     fetched = Fetches()
     a.claim_next(fetched, 60)
-    assert a.handover("interactive-job") == {}
+    a.release()
     assert all(future.cancelled() for future in fetched.futures)
     assert redis.get(CLAIM + "job-1") is None
     assert low.job_ids == ["job-1"]
