@@ -57,6 +57,16 @@ def lookahead(redis: Redis, name: str, images: int = 2) -> Lookahead:
     return Lookahead(redis, name, ordered, ordered[1:], images=images)
 
 
+def one_claimed_job(redis: Redis) -> tuple[Queue, Lookahead, Fetches]:
+    """``job-1`` in the bulk queue, claimed by worker ``gpu-a``; its fetches."""
+    low = queues(redis)[Priority.LOW]
+    prelabel_job(low, "job-1")
+    a = lookahead(redis, "gpu-a")
+    fetched = Fetches()
+    assert a.claim_next(fetched, 60) is not None
+    return low, a, fetched
+
+
 def test_two_workers_claim_different_jobs_and_fetch_their_first_images(redis) -> None:
     low = queues(redis)[Priority.LOW]
     for name in ("job-1", "job-2", "job-3"):
@@ -107,11 +117,7 @@ def test_higher_priority_work_comes_before_the_claimed_job(redis) -> None:
 
 
 def test_a_claimed_job_is_not_held_back_from_an_idle_worker(redis) -> None:
-    low = queues(redis)[Priority.LOW]
-    prelabel_job(low, "job-1")
-    a = lookahead(redis, "gpu-a")
-    fetched = Fetches()
-    a.claim_next(fetched, 60)
+    low, a, fetched = one_claimed_job(redis)
     # An idle worker takes the queue's front as RQ always does: the claim is only a hint.
     job, _ = Queue.dequeue_any([low], None, connection=redis, serializer=JSONSerializer)
     assert job.id == "job-1"
@@ -122,22 +128,16 @@ def test_a_claimed_job_is_not_held_back_from_an_idle_worker(redis) -> None:
 
 
 def test_a_cancelled_job_is_neither_run_ahead_nor_taken(redis) -> None:
-    low = queues(redis)[Priority.LOW]
-    prelabel_job(low, "job-1")
-    a = lookahead(redis, "gpu-a")
-    a.claim_next(Fetches(), 60)
+    low, a, _ = one_claimed_job(redis)
     low.fetch_job("job-1").cancel()
     assert a.still_claimed() is None
     assert a.take() is None
 
 
 def test_a_claim_outlives_higher_priority_work_run_in_between(redis) -> None:
+    _, a, fetched = one_claimed_job(redis)
+    claim = a.claimed
     by_priority = queues(redis)
-    low = by_priority[Priority.LOW]
-    prelabel_job(low, "job-1")
-    a = lookahead(redis, "gpu-a")
-    fetched = Fetches()
-    claim = a.claim_next(fetched, 60)
     by_priority[Priority.HIGH].enqueue(PREDICT_BATCH, [{"image": "drawn.png"}], job_id="box")
     assert a.take() is None  # the drawn box first
     assert a.handover("box") == {}, "the box's job has nothing fetched ahead"
@@ -150,11 +150,7 @@ def test_a_claim_outlives_higher_priority_work_run_in_between(redis) -> None:
 
 
 def test_a_worker_that_stops_gives_its_claim_up(redis) -> None:
-    low = queues(redis)[Priority.LOW]
-    prelabel_job(low, "job-1")
-    a = lookahead(redis, "gpu-a")
-    fetched = Fetches()
-    a.claim_next(fetched, 60)
+    low, a, fetched = one_claimed_job(redis)
     a.release()
     assert all(future.cancelled() for future in fetched.futures)
     assert redis.get(CLAIM + "job-1") is None
@@ -177,9 +173,7 @@ def test_only_bulk_prediction_jobs_are_claimed(redis) -> None:
 
 
 def test_a_claim_expires_with_the_worker_that_made_it(redis) -> None:
-    low = queues(redis)[Priority.LOW]
-    prelabel_job(low, "job-1")
-    lookahead(redis, "gpu-a").claim_next(Fetches(), 60)
+    one_claimed_job(redis)
     assert 0 < redis.ttl(CLAIM + "job-1") <= 60
 
 
