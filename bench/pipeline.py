@@ -8,6 +8,8 @@ the engine's own throughput at the batch size is the ceiling. Measured, one run,
 - efficiency: ``varco-labeler prelabel --project`` tasks/s with one worker over the engine's own
   images/s at the same batch size (the share of the run the "GPU" is busy);
 - scaling: the same with 1, 2 and 4 workers (4 simulated GPUs), as multiples of 1 worker;
+- the same with workers that take jobs one at a time (``VARCO_LOOKAHEAD=0``), 1 and 4 workers:
+  what the lookahead (varco_labeler.lookahead) is worth;
 - a Label Studio slowed down by a proxy (bench.slowproxy) that adds 500 ms to every prediction
   import, 1 worker;
 - one "Retrieve predictions" ``/predict`` of many tasks to the queue backend, 1, 2 and 4 workers;
