@@ -164,3 +164,35 @@ def test_a_worker_warms_up_before_its_first_job() -> None:
     without_label_studio = jobs.JobContext(engine, fetcher, jobs.OutputCache(), Settings())
     without_label_studio.warm_up()  # nothing to connect to: still no error
     assert without_label_studio._sink is None
+
+
+class CountingFetcher:
+    """Serves solid images in groups of ``group`` fetches that wait for one another: a group
+    passes only when that many downloads run at once."""
+
+    def __init__(self, group: int) -> None:
+        self.together = threading.Barrier(group, timeout=WAIT)
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def fetch(self, ref: str) -> tuple[Image.Image, bytes]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.together.wait()  # BrokenBarrierError: fewer downloads at once than the group
+        with self.lock:
+            self.running -= 1
+        return Image.new("RGB", (8, 8)), ref.encode()
+
+
+def test_a_worker_fetches_as_many_images_at_once_as_its_download_threads() -> None:
+    settings = Settings.from_env({"VARCO_MODEL": "unused", "VARCO_DOWNLOAD_THREADS": "3"})
+    fetcher = CountingFetcher(group=3)
+    engine = SimulatedGpuEngine(GpuTimes(0.0, 0.0), max_batch_size=4)
+    jobs.install(jobs.JobContext(engine, fetcher, jobs.OutputCache(), settings))  # type: ignore[arg-type]
+    try:
+        outputs = jobs.predict_batch(items(9))
+    finally:
+        jobs._context = None
+    assert len(outputs) == 9 and not any("error" in output for output in outputs)
+    assert fetcher.most == 3

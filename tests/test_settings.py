@@ -68,6 +68,7 @@ def test_wrong_values_name_the_variable(env, message):
         ("VARCO_MAX_IMAGE_BYTES", "0", "VARCO_MAX_IMAGE_BYTES must be positive, got 0"),
         ("VARCO_MAX_IMAGE_PIXELS", "0", "VARCO_MAX_IMAGE_PIXELS must be positive, got 0"),
         ("VARCO_MAX_IMAGE_PIXELS", "-1", "VARCO_MAX_IMAGE_PIXELS must be positive, got -1"),
+        ("VARCO_DOWNLOAD_THREADS", "0", "VARCO_DOWNLOAD_THREADS must be positive, got 0"),
         ("VARCO_IMAGE_TIMEOUT", "0", "VARCO_IMAGE_TIMEOUT must be positive, got 0.0"),
         ("VARCO_IMAGE_TIMEOUT", "-2.5", "VARCO_IMAGE_TIMEOUT must be positive, got -2.5"),
         ("VARCO_IMAGE_TIMEOUT", "inf", "VARCO_IMAGE_TIMEOUT must be positive, got inf"),

@@ -94,9 +94,7 @@ class JobContext:
     cache: OutputCache
     settings: Settings
     # Downloads of one batch overlap: a batch waits for its slowest image, not for their sum.
-    downloads: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
-    )
+    downloads: ThreadPoolExecutor = field(init=False)
     metrics: JobMetrics = field(default_factory=JobMetrics)
     _sink: PredictionSink | None = None
     # Set when the process follows model releases: the engine is swapped between jobs.
@@ -105,6 +103,10 @@ class JobContext:
     on_swap: Callable[[str], None] | None = None
     # A queue worker's claim on its next job (varco_labeler.lookahead); None: jobs run alone.
     lookahead: Lookahead | None = None
+
+    def __post_init__(self) -> None:
+        threads = self.settings.download_threads
+        self.downloads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="download")
 
     def follow_release(self) -> None:
         """Between jobs: run the channel's current release if it is not the running one. The

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     image_timeout: float = 15.0
+    # Images a worker fetches at once (each on its own connection).
+    download_threads: int = 8
     # The task when the label config does not decide it: "grounding" or "ocr".
     default_task: str | None = None
     # How the transformers engine loads the model, in every process that loads it (serve
@@ -282,6 +284,7 @@ _ENV_NAMES = {
     "max_image_bytes": "VARCO_MAX_IMAGE_BYTES",
     "max_image_pixels": "VARCO_MAX_IMAGE_PIXELS",
     "image_timeout": "VARCO_IMAGE_TIMEOUT",
+    "download_threads": "VARCO_DOWNLOAD_THREADS",
     "default_task": "VARCO_TASK",
     "sync_interval": "VARCO_SYNC_INTERVAL",
     "load_dtype": "VARCO_LOAD_DTYPE",
@@ -313,6 +316,7 @@ _NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "max_image_bytes": _POSITIVE,
     "max_image_pixels": _POSITIVE,
     "image_timeout": _POSITIVE,
+    "download_threads": _POSITIVE,
     "sync_interval": _NOT_NEGATIVE,
     "metrics_port": (lambda value: 0 <= value < 65536, "0 (off) or a TCP port"),
     "job_stall_timeout": _NOT_NEGATIVE,
