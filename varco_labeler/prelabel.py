@@ -241,6 +241,7 @@ class _QueueRun:
         self.dispatcher = dispatcher
         self.record = record
         submitted = self.dispatcher.submit(jobs.PRELABEL_BATCH, calls)
+        record.add_jobs(job.id for job in submitted)
         self.task_ids = {
             job.id: [item["task_id"] for item in args[2]]
             for job, args in zip(submitted, calls, strict=True)
@@ -319,6 +320,7 @@ class _QueueRun:
             return
         self.open[job.id] = job
         self.task_ids[job.id] = later["tasks"]
+        self.record.add_jobs([job.id])
         self.record.update(later["tasks"], TaskState.QUEUED)
 
 

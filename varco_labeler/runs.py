@@ -2,8 +2,10 @@
 
 Every queue-mode run gets an id and two keys: ``varco:run:<id>`` (a hash: project, model version,
 host, pid, state, per-state task counts, heartbeat) and ``varco:run:<id>:tasks`` (task id -> its
-state, and the reason of a failure). ``varco:runs`` lists the ids by start time. The ``prelabel``
-process is the only writer; ``cancel`` only sets a flag that the process polls while it waits.
+state, and the reason of a failure), ``varco:run:<id>:jobs`` (the queue jobs that carry its tasks).
+``varco:runs`` lists the ids by start time. The ``prelabel`` process is the only writer while it
+lives; ``cancel`` sets a flag that the process polls while it waits, and ends a run whose process
+is lost itself (it cancels the run's queued jobs: nobody else would).
 A run without Redis (the embedded mode) lives in its own process and is not recorded.
 """
 
@@ -59,6 +61,10 @@ def _meta_key(run_id: str) -> str:
 
 def _tasks_key(run_id: str) -> str:
     return f"{_meta_key(run_id)}:tasks"
+
+
+def _jobs_key(run_id: str) -> str:
+    return f"{_meta_key(run_id)}:jobs"
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,26 @@ class RunRecorder:
             self.state = RunState.RUNNING
         self._write(changed)
 
+    @classmethod
+    def resume(cls, redis: Redis, run_id: str) -> RunRecorder:
+        """The record of a run another process started, to end it (its process is gone)."""
+        recorder = cls(redis, run_id, [])
+        states = task_states(redis, run_id)
+        recorder.tasks = {task: TaskState(value["state"]) for task, value in states.items()}
+        recorder.state = RunState.RUNNING
+        return recorder
+
+    def add_jobs(self, job_ids: Iterable[str]) -> None:
+        """The queue jobs that carry the run's tasks: ``cancel`` stops them if this process
+        is lost."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        pipe = self.redis.pipeline()
+        pipe.sadd(_jobs_key(self.id), *ids)
+        self._expire(pipe, LIVE_TTL)
+        pipe.execute()
+
     def failed(self, reasons: Mapping[str, str]) -> None:
         self.update(reasons, TaskState.FAILED, reasons)
 
@@ -211,8 +237,8 @@ class RunRecorder:
         return {"state": self.state.value, "counts": self._counts(), "updated_at": time.time()}
 
     def _expire(self, pipe: Any, seconds: int) -> None:
-        pipe.expire(_meta_key(self.id), seconds)
-        pipe.expire(_tasks_key(self.id), seconds)
+        for key in (_meta_key(self.id), _tasks_key(self.id), _jobs_key(self.id)):
+            pipe.expire(key, seconds)
 
 
 def _task_value(state: TaskState, reason: str | None = None) -> str:
@@ -250,6 +276,34 @@ def request_cancel(redis: Redis, run_id: str) -> Run | None:
     if run is not None and run.active:
         redis.hset(_meta_key(run_id), "cancel_requested_at", time.time())
     return run
+
+
+def cancel_lost(redis: Redis, run: Run) -> tuple[int, int]:
+    """End a run whose process is gone: nobody else will cancel its queued jobs. Their tasks
+    are marked cancelled and the run ends cancelled; jobs a worker has started finish and push.
+    Returns (jobs cancelled, jobs still running)."""
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    ids = [job_id.decode() for job_id in redis.smembers(_jobs_key(run.id))]
+
+    def fetched(status: JobStatus) -> list[Job]:
+        found = Job.fetch_many(ids, redis, serializer=JSONSerializer)
+        return [job for job in found if job is not None and job.get_status() == status]
+
+    queued = fetched(JobStatus.QUEUED)
+    for job in queued:
+        job.cancel()
+    # A worker may have taken a job in the instant before its cancel: it runs, and pushes.
+    time.sleep(1.0)
+    running = {job.id for job in fetched(JobStatus.STARTED)}
+    tasks = [item["task_id"] for job in queued if job.id not in running for item in job.args[2]]
+    record = RunRecorder.resume(redis, run.id)
+    record.update(tasks, TaskState.CANCELLED)
+    cancelled = len(queued) - len(running & {job.id for job in queued})
+    message = f"cancelled after its process was lost: {cancelled} queued job(s) cancelled"
+    record.finish(RunState.CANCELLED, message)
+    return cancelled, len(running)
 
 
 def active_runs(redis: Redis) -> list[dict[str, Any]]:
@@ -372,12 +426,14 @@ def _cancel(args: argparse.Namespace) -> int:
         print(f"error: no run {args.run!r}", file=sys.stderr)
         return 2
     if run.state is RunState.LOST:
+        cancelled, running = cancel_lost(redis, run)
         print(
             f"run {run.id}: its process ({run.host}, pid {run.pid}) stopped writing "
-            f"{_age(time.time() - run.updated_at)} ago; there is nothing to stop",
-            file=sys.stderr,
+            f"{_age(time.time() - run.updated_at)} ago. {cancelled} queued job(s) cancelled; "
+            f"{running} job(s) a worker had started finish and push their predictions. "
+            "`prelabel` again finishes the rest."
         )
-        return 1
+        return 0
     if not run.active:
         print(f"run {run.id} has already ended: {run.state.value}", file=sys.stderr)
         return 1
@@ -409,8 +465,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         help="stop a prelabel run from another shell",
         description="Ask a prelabel run to stop: its process cancels the jobs no worker has "
         "started, waits for the running ones to push (nothing is lost or pushed twice), marks "
-        "the rest cancelled and exits with a non-zero status. Running prelabel again on the "
-        "project finishes what is left.",
+        "the rest cancelled and exits with a non-zero status. A run whose process is lost (no "
+        "heartbeat for a minute) is ended here: its queued jobs are cancelled, started ones "
+        "finish. Running prelabel again on the project finishes what is left.",
     )
     cancel.add_argument("run", help="a run id, as prelabel printed it")
     cancel.add_argument("--redis-url", help="the queue's Redis (env REDIS_URL)")

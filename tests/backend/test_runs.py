@@ -141,3 +141,43 @@ def test_health_lists_active_runs_only_to_those_who_may_see_details(
         (active.id, 5, "1/2")
     ]
     assert "prelabel_runs" not in httpx.get(f"{url}/health").json()
+
+
+def test_cancel_of_a_lost_run_cancels_its_queued_jobs_itself(
+    redis: Redis, redis_server: RedisProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rq import Queue
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from varco_labeler.jobs import PRELABEL_BATCH
+    from varco_labeler.queue import RQDispatcher
+    from varco_labeler.settings import Settings
+
+    dispatcher = RQDispatcher(Settings(redis_url=redis_server.url), redis)
+    calls = [(3, {}, [{"task_id": t} for t in (2 * n + 1, 2 * n + 2)]) for n in range(3)]
+    record = RunRecorder.start(redis, 3, "tiny-v1", range(1, 7))
+    submitted = dispatcher.submit(PRELABEL_BATCH, calls)
+    record.add_jobs(job.id for job in submitted)
+    # A worker took the first job, as RQ does, and is running it.
+    bulk = submitted[0].origin
+    taken, _ = Queue.dequeue_any([Queue(bulk, connection=redis)], None, connection=redis)
+    taken.set_status(JobStatus.STARTED)
+    record.update([1, 2], TaskState.RUNNING)
+    silent_since = time.time() - runs.LOST_AFTER - 1
+    redis.hset(f"varco:run:{record.id}", "updated_at", silent_since)  # its process was killed
+    assert runs.read_run(redis, record.id).state is RunState.LOST
+
+    assert main(["cancel", record.id, "--redis-url", redis_server.url]) == 0
+    said = capsys.readouterr().out
+    assert "2 queued job(s) cancelled; 1 job(s) a worker had started finish" in said
+    ids = [job.id for job in submitted]
+    statuses = [job.get_status() for job in Job.fetch_many(ids, redis, JSONSerializer)]
+    assert statuses == [JobStatus.STARTED, JobStatus.CANCELED, JobStatus.CANCELED]
+    assert Queue(bulk, connection=redis).count == 0, "nothing left for a worker to run"
+    run = runs.read_run(redis, record.id)
+    assert run.state is RunState.CANCELLED and not run.active
+    assert run.message == "cancelled after its process was lost: 2 queued job(s) cancelled"
+    states = {task: value["state"] for task, value in runs.task_states(redis, record.id).items()}
+    assert states == {"1": "running", "2": "running", **dict.fromkeys("3456", "cancelled")}
+    assert main(["cancel", record.id, "--redis-url", redis_server.url]) == 1  # ended now
