@@ -31,7 +31,7 @@ from varco_labeler.feedback.store import PredictionRecord
 from varco_labeler.labelstudio import labels
 from varco_labeler.labelstudio.images import ImageError, ImageFetcher, ImageUnavailable
 from varco_labeler.labelstudio.sink import BackgroundPush, PredictionSink
-from varco_labeler.lookahead import Lookahead
+from varco_labeler.lookahead import Claim, Lookahead
 from varco_labeler.metrics import JobMetrics
 from varco_labeler.policy import Policy, PolicyError
 from varco_labeler.releases import ReleaseChannel, ReleaseFollower
@@ -270,9 +270,19 @@ def _request(
 def _work_ahead(context: JobContext) -> None:
     """Run the claimed next job's first GPU batch now (this job's last push is in flight): its
     outputs wait in the output cache, where that job finds them (see varco_labeler.lookahead)."""
-    claim = context.lookahead.still_claimed() if context.lookahead else None
-    if claim is None:
+    lookahead = context.lookahead
+    claim = lookahead.claimed if lookahead else None
+    if lookahead is None or claim is None:
         return
+    try:
+        if lookahead.still_claimed() is not None:
+            _run_ahead(context, claim)
+    except Exception:  # work done ahead is a bonus: this job, done and pushing, must not fail
+        log.warning("could not run job %s's first batch ahead", claim.job_id, exc_info=True)
+        lookahead.release()
+
+
+def _run_ahead(context: JobContext, claim: Claim) -> None:
     engine, cache = context.engine, context.cache
     batch_size = getattr(engine, "max_batch_size", None) or len(claim.items)
     pending: list[tuple[int, Request, str, dict[str, Any]]] = []

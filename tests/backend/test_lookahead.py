@@ -4,17 +4,23 @@ higher-priority work still comes first, and a claim never holds a job back from 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from PIL import Image
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from bench.simgpu import LABEL_CONFIG, GpuTimes, SimulatedGpuEngine
+from varco_labeler import jobs
+from varco_labeler.engine.base import Request, Result
 from varco_labeler.jobs import PREDICT_BATCH, PRELABEL_BATCH
+from varco_labeler.labelstudio import read_label_config
 from varco_labeler.lookahead import CLAIM, Lookahead
+from varco_labeler.policy import Policy
 from varco_labeler.queue import Priority, queue_name, queue_names
 from varco_labeler.settings import Settings
 from worker.heartbeat import HeartbeatWorker
@@ -187,3 +193,46 @@ def test_workers_have_a_lookahead_unless_it_is_turned_off(redis) -> None:
     assert [q.name for q in made.claimable] == ["varco", "varco-low"]
     off = Settings.from_env({"VARCO_LOOKAHEAD": "0"})
     assert Lookahead.for_worker(worker, off) is None
+
+
+class Sink:
+    def push(self, project: int, predictions: Any, **_: Any) -> tuple[list[int], list[int]]:
+        return [p["task"] for p in predictions], []
+
+
+class Fetcher:
+    def fetch(self, ref: str) -> tuple[Image.Image, bytes]:
+        return Image.new("RGB", (2, 2) if ref.startswith("bad") else (8, 8)), ref.encode()
+
+
+class FailsOnSmallImages(SimulatedGpuEngine):
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        if any(request.image.width == 2 for request in requests):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().generate(requests)
+
+
+def test_a_failure_running_ahead_does_not_fail_the_job_that_ran_it(redis, redis_server) -> None:
+    settings = Settings(
+        model="unused", label_studio_url="http://ls", label_studio_api_key="k", batch_size=2
+    )
+    policy = Policy.resolve(settings, read_label_config(LABEL_CONFIG), version="sim")
+
+    def batch(prefix: str, first: int) -> list[dict[str, Any]]:
+        data = [{"image": f"{prefix}-{i}"} for i in range(2)]
+        return [policy.item(str(first + i), d, task_id=first + i) for i, d in enumerate(data)]
+
+    low = queues(redis)[Priority.LOW]
+    low.enqueue(PRELABEL_BATCH, 1, policy.to_json(), batch("bad", 10), job_id="next")
+    engine = FailsOnSmallImages(GpuTimes(0.0, 0.0), max_batch_size=2)
+    context = jobs.JobContext(engine, Fetcher(), jobs.OutputCache(redis), settings)  # type: ignore[arg-type]
+    context._sink = Sink()  # type: ignore[assignment]
+    context.lookahead = lookahead(redis, "gpu-a")
+    jobs.install(context)
+    try:
+        outcome = jobs.prelabel_batch(1, policy.to_json(), batch("good", 0))
+    finally:
+        jobs._context = None
+    assert sorted(outcome["pushed"]) == [0, 1] and outcome["failed"] == {}
+    assert context.lookahead.claimed is None, "the claim is given up"
+    assert redis.get(CLAIM + "next") is None and low.job_ids == ["next"]
