@@ -35,13 +35,6 @@ log = logging.getLogger(__name__)
 
 CLAIM = "varco:lookahead:"  # + job id -> the name of the worker that will run it next
 WINDOW = 32  # queued jobs looked at, from the front, for one not claimed yet
-# Where a job function keeps its items: predict_batch(items), prelabel_batch(project, policy,
-# items).
-ITEMS_ARGUMENT = {
-    "varco_labeler.jobs.predict_batch": 0,
-    "varco_labeler.jobs.prelabel_batch": 2,
-}
-
 Download = Future[Any]  # what jobs._download gives: (image, bytes) or an ImageError
 
 
@@ -165,7 +158,11 @@ class Lookahead:
             job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             return None
-        position = ITEMS_ARGUMENT.get(job.func_name)
+        from varco_labeler.jobs import PREDICT_BATCH, PRELABEL_BATCH  # jobs imports this module
+
+        # Where a job function keeps its items: predict_batch(items), prelabel_batch(project,
+        # policy, items).
+        position = {PREDICT_BATCH: 0, PRELABEL_BATCH: 2}.get(job.func_name)
         if position is None or len(job.args) <= position:
             return None
         items = job.args[position]

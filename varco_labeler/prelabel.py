@@ -296,12 +296,8 @@ class _QueueRun:
 
         Waiting means a run restarted right after cannot race them into duplicates.
         """
-        cancelled = self.dispatcher.cancel_queued(list(self.open.values()))
-        # A worker may have taken a job in the instant before its cancel: look again after that
-        # window and wait for any that started anyway.
-        time.sleep(1.0)
-        started = self.dispatcher.started_or_done(cancelled)
-        for job_id in set(cancelled) - started:
+        cancelled = self.dispatcher.cancel_unstarted(list(self.open.values()))
+        for job_id in cancelled:
             del self.open[job_id]
             self.record.update(self.task_ids.pop(job_id), TaskState.CANCELLED)
         log.warning(

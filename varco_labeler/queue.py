@@ -323,6 +323,15 @@ class RQDispatcher:
                 cancelled.append(job.id)
         return cancelled
 
+    def cancel_unstarted(self, jobs: Sequence[Job]) -> list[str]:
+        """Cancel the jobs no worker has started; returns the ids of those that stay cancelled.
+        A worker may take a job in the instant before its cancel: one that started anyway is
+        left out, to run and push (a run restarted at once must wait for it, not race it)."""
+        cancelled = self.cancel_queued(jobs)
+        time.sleep(1.0)  # that instant, and then some
+        started = self.started_or_done(cancelled)
+        return [job_id for job_id in cancelled if job_id not in started]
+
     def started_or_done(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs a worker has taken (running, finished or failed)."""
         taken = {JobStatus.STARTED, JobStatus.FINISHED, JobStatus.FAILED}

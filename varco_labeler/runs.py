@@ -22,10 +22,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from varco_labeler.queue import RQDispatcher
 
 RUNS = "varco:runs"
 # A live run writes a heartbeat about every second: one silent for this long lost its process.
@@ -278,32 +281,24 @@ def request_cancel(redis: Redis, run_id: str) -> Run | None:
     return run
 
 
-def cancel_lost(redis: Redis, run: Run) -> tuple[int, int]:
+def cancel_lost(dispatcher: RQDispatcher, run: Run) -> tuple[int, int]:
     """End a run whose process is gone: nobody else will cancel its queued jobs. Their tasks
     are marked cancelled and the run ends cancelled; jobs a worker has started finish and push.
     Returns (jobs cancelled, jobs still running)."""
-    from rq.job import Job, JobStatus
+    from rq.job import Job
     from rq.serializers import JSONSerializer
 
+    redis = dispatcher.redis
     ids = [job_id.decode() for job_id in redis.smembers(_jobs_key(run.id))]
-
-    def fetched(status: JobStatus) -> list[Job]:
-        found = Job.fetch_many(ids, redis, serializer=JSONSerializer)
-        return [job for job in found if job is not None and job.get_status() == status]
-
-    queued = fetched(JobStatus.QUEUED)
-    for job in queued:
-        job.cancel()
-    # A worker may have taken a job in the instant before its cancel: it runs, and pushes.
-    time.sleep(1.0)
-    running = {job.id for job in fetched(JobStatus.STARTED)}
-    tasks = [item["task_id"] for job in queued if job.id not in running for item in job.args[2]]
+    found = Job.fetch_many(ids, redis, serializer=JSONSerializer)
+    jobs = {job.id: job for job in found if job is not None}
+    cancelled = dispatcher.cancel_unstarted(list(jobs.values()))
+    tasks = [item["task_id"] for job_id in cancelled for item in jobs[job_id].args[2]]
     record = RunRecorder.resume(redis, run.id)
     record.update(tasks, TaskState.CANCELLED)
-    cancelled = len(queued) - len(running & {job.id for job in queued})
-    message = f"cancelled after its process was lost: {cancelled} queued job(s) cancelled"
+    message = f"cancelled after its process was lost: {len(cancelled)} queued job(s) cancelled"
     record.finish(RunState.CANCELLED, message)
-    return cancelled, len(running)
+    return len(cancelled), len(dispatcher.running(ids))
 
 
 def active_runs(redis: Redis) -> list[dict[str, Any]]:
@@ -426,7 +421,11 @@ def _cancel(args: argparse.Namespace) -> int:
         print(f"error: no run {args.run!r}", file=sys.stderr)
         return 2
     if run.state is RunState.LOST:
-        cancelled, running = cancel_lost(redis, run)
+        from varco_labeler.queue import RQDispatcher
+        from varco_labeler.settings import Settings
+
+        settings = Settings.from_env(redis_url=args.redis_url)  # as _redis read it
+        cancelled, running = cancel_lost(RQDispatcher(settings, redis), run)
         print(
             f"run {run.id}: its process ({run.host}, pid {run.pid}) stopped writing "
             f"{_age(time.time() - run.updated_at)} ago. {cancelled} queued job(s) cancelled; "

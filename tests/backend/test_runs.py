@@ -146,7 +146,7 @@ def test_health_lists_active_runs_only_to_those_who_may_see_details(
 def test_cancel_of_a_lost_run_cancels_its_queued_jobs_itself(
     redis: Redis, redis_server: RedisProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rq import Queue
+    from rq import Queue, SimpleWorker
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
@@ -161,8 +161,11 @@ def test_cancel_of_a_lost_run_cancels_its_queued_jobs_itself(
     record.add_jobs(job.id for job in submitted)
     # A worker took the first job, as RQ does, and is running it.
     bulk = submitted[0].origin
-    taken, _ = Queue.dequeue_any([Queue(bulk, connection=redis)], None, connection=redis)
-    taken.set_status(JobStatus.STARTED)
+    queue = Queue(bulk, connection=redis, serializer=JSONSerializer)
+    taken, _ = Queue.dequeue_any([queue], None, connection=redis, serializer=JSONSerializer)
+    worker = SimpleWorker([queue], connection=redis, serializer=JSONSerializer)
+    worker.prepare_execution(taken)  # what RQ's worker does before it runs a job
+    worker.prepare_job_execution(taken)
     record.update([1, 2], TaskState.RUNNING)
     silent_since = time.time() - runs.LOST_AFTER - 1
     redis.hset(f"varco:run:{record.id}", "updated_at", silent_since)  # its process was killed
